@@ -1,0 +1,39 @@
+"""sb3-rmdp: personalized reinforcement learning under a budget of policies, for Stable-Baselines3.
+
+A represented MDP (r-MDP) has one dynamics, ``n_agents`` agents with their own rewards and ``k``
+representatives, each running one policy; agents are assigned to representatives to maximize the
+social welfare. ``RMDPPPO("MlpPolicy", env, k=5).learn(2e6)`` trains the k policies and the assignment.
+"""
+
+from sb3_rmdp import envs  # registers the built-in environments
+from sb3_rmdp.assigners import Assigner, EMAssigner, FixedAssigner, RandomAssigner
+from sb3_rmdp.buffers import RMDPRolloutBuffer
+from sb3_rmdp.policies import MlpPolicy, MultiRepresentativePolicy
+from sb3_rmdp.ppo import RMDPPPO
+from sb3_rmdp.welfare import (
+    best_assignment,
+    egalitarian_welfare,
+    evaluate_agent_returns,
+    nash_welfare,
+    utilitarian_welfare,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RMDPPPO",
+    "Assigner",
+    "EMAssigner",
+    "FixedAssigner",
+    "MlpPolicy",
+    "MultiRepresentativePolicy",
+    "RMDPRolloutBuffer",
+    "RandomAssigner",
+    "__version__",
+    "best_assignment",
+    "egalitarian_welfare",
+    "envs",
+    "evaluate_agent_returns",
+    "nash_welfare",
+    "utilitarian_welfare",
+]

@@ -1,0 +1,36 @@
+"""Assignment algorithms: SB3 callbacks that own the assignment of agents to representatives."""
+
+from sb3_rmdp.assigners.base import Assigner
+from sb3_rmdp.assigners.em import EMAssigner, e_step
+from sb3_rmdp.assigners.fixed import FixedAssigner, RandomAssigner, random_even_assignment
+
+ASSIGNERS: dict[str, type[Assigner]] = {
+    "em": EMAssigner,
+    "random": RandomAssigner,
+}
+
+
+def make_assigner(assigner: Assigner | str | None) -> Assigner:
+    """An assigner from an instance, a name (``"em"``, ``"random"``) or ``None`` (EM with defaults)."""
+    if assigner is None:
+        return EMAssigner()
+    if isinstance(assigner, Assigner):
+        return assigner
+    if isinstance(assigner, str) and assigner in ASSIGNERS:
+        return ASSIGNERS[assigner]()
+    raise ValueError(
+        f"Unknown assigner {assigner!r}: pass an Assigner instance (e.g. EMAssigner(mixing=0.05)) "
+        f"or one of the names {sorted(ASSIGNERS)}."
+    )
+
+
+__all__ = [
+    "ASSIGNERS",
+    "Assigner",
+    "EMAssigner",
+    "FixedAssigner",
+    "RandomAssigner",
+    "e_step",
+    "make_assigner",
+    "random_even_assignment",
+]

@@ -1,0 +1,147 @@
+"""``Assigner``: the SB3 callback that owns the assignment of agents to representatives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_rmdp.welfare import egalitarian_welfare, nash_welfare, utilitarian_welfare
+
+# Keys an `Assigner` must not pickle: they point back at the model (which is saved on its own).
+_UNPICKLED = ("model", "locals", "globals", "parent")
+
+
+class Assigner(BaseCallback):
+    """Base class of assignment algorithms; an SB3 callback that ``RMDPPPO`` runs first.
+
+    An assigner is *bound* to the r-MDP once (``n_agents``, ``k``, optional ``agent_params``) when the
+    model is set up, and then owns the assignment ``alpha`` ``(n_agents, k)`` (rows on the simplex).
+    ``RMDPPPO.train`` reads :meth:`weights` for every minibatch; assigners with learnable weights set
+    :attr:`requires_grad` and step their own optimizer in :meth:`step`. Subclasses update the assignment
+    in ``_on_rollout_end`` (called after GAE, before the policy update) and never draw from the global
+    numpy/torch random streams: randomness comes from :attr:`rng`, seeded from ``seed`` or the model's seed.
+
+    :param seed: seed of this assigner's own generator (``None``: the model's seed).
+    :param verbose: SB3 verbosity.
+    """
+
+    requires_grad: bool = False
+
+    def __init__(self, seed: int | None = None, verbose: int = 0):
+        super().__init__(verbose)
+        self.seed = seed
+        self.n_agents = 0
+        self.k = 0
+        self.agent_params: np.ndarray | None = None
+        self.device = th.device("cpu")
+        self.rng = np.random.default_rng(seed)
+        self.n_rollouts = 0
+        self._last_logged_assignment: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ binding
+    @property
+    def is_bound(self) -> bool:
+        return self.n_agents > 0
+
+    def bind(
+        self,
+        n_agents: int,
+        k: int,
+        agent_params: np.ndarray | None = None,
+        seed: int | None = None,
+        device: th.device | str = "cpu",
+    ) -> None:
+        """Attach to an r-MDP of ``n_agents`` agents and ``k`` representatives and create the state.
+
+        Binding twice to the same sizes keeps the state (a loaded or resumed model goes on where it was).
+
+        :raises ValueError: if already bound to other sizes.
+        """
+        self.device = th.device(device)
+        if self.is_bound:
+            if (self.n_agents, self.k) != (n_agents, k):
+                raise ValueError(
+                    f"{type(self).__name__} is bound to n_agents={self.n_agents}, k={self.k} and cannot serve "
+                    f"n_agents={n_agents}, k={k}: create a new assigner for a different r-MDP."
+                )
+            self._on_device_change()
+            return
+        self.n_agents, self.k = int(n_agents), int(k)
+        self.agent_params = None if agent_params is None else np.asarray(agent_params, dtype=np.float64)
+        self.rng = np.random.default_rng(self.seed if self.seed is not None else seed)
+        self._setup()
+
+    def _setup(self) -> None:
+        """Create the assignment state (called once, by :meth:`bind`)."""
+
+    def _on_device_change(self) -> None:
+        """Move tensors to :attr:`device` (after a load on another device)."""
+
+    # ------------------------------------------------------------------ the assignment
+    def weights(self) -> th.Tensor:
+        """The assignment ``alpha``: ``(n_agents, k)`` on :attr:`device`, rows summing to 1.
+
+        Differentiable w.r.t. the assigner's parameters when :attr:`requires_grad` is set.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `weights()`")
+
+    def assignment(self) -> np.ndarray:
+        """The deployed hard assignment ``(n_agents,)``: each agent's representative (argmax of its row)."""
+        with th.no_grad():
+            return self.weights().argmax(dim=1).cpu().numpy()
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of learnable assignment parameters (no-op for fixed weights)."""
+
+    def step(self) -> None:
+        """Take one optimizer step on learnable assignment parameters (no-op for fixed weights)."""
+
+    # ------------------------------------------------------------------ callback plumbing
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.n_rollouts += 1
+        self._update()
+        self._log()
+
+    def _update(self) -> None:
+        """Update the assignment from the finished rollout (``self.model`` holds its data)."""
+
+    def _log(self) -> None:
+        """Record ``welfare/*`` (training returns, current weights) and ``assignment/*`` in SB3's logger."""
+        table = getattr(self.model, "training_returns", None)
+        with th.no_grad():
+            alpha = self.weights().detach().cpu().numpy()
+        if table is not None and np.all(np.isfinite(table)):
+            self.logger.record("welfare/utilitarian", utilitarian_welfare(table, alpha))
+            self.logger.record("welfare/egalitarian", egalitarian_welfare(table, alpha))
+            self.logger.record("welfare/nash", nash_welfare(table, alpha))
+        hard = alpha.argmax(axis=1)
+        sizes = np.bincount(hard, minlength=self.k)
+        changes = 0 if self._last_logged_assignment is None else int((hard != self._last_logged_assignment).sum())
+        self._last_logged_assignment = hard
+        self.logger.record("assignment/changes", changes)
+        self.logger.record("assignment/smallest", int(sizes.min()))
+        self.logger.record("assignment/largest", int(sizes.max()))
+        self.logger.record("assignment/sizes", th.as_tensor(sizes), exclude=("stdout", "log", "json", "csv"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in _UNPICKLED:
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.model = None  # type: ignore[assignment]
+        self.locals, self.globals, self.parent = {}, {}, None
+
+
+def one_hot(assignment: np.ndarray, k: int, device: th.device | str = "cpu") -> th.Tensor:
+    """Hard assignment ``(n_agents,)`` -> weights ``(n_agents, k)`` (float32, one-hot rows)."""
+    index = th.as_tensor(np.asarray(assignment, dtype=np.int64), device=device)
+    return th.nn.functional.one_hot(index, num_classes=k).to(th.float32)

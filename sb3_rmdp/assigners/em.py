@@ -1,0 +1,130 @@
+"""``EMAssigner``: the paper's EM-like hard assignment (section 3.3, Algorithm 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+
+from sb3_rmdp.assigners.base import Assigner, one_hot
+
+
+def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
+    """Greedy re-assignment that never leaves a representative without agents.
+
+    Every agent moves to its best representative ``argmax_j table[i, j]`` (staying put on ties).
+    Should a representative be left empty, one of the agents it served before is pinned back to it:
+    the one that loses least by staying. Pinned agents keep their old representative and every other
+    agent gets its best, so the welfare of ``table`` never decreases (the E-step of Theorem 2), and
+    with no representative left empty the result is exactly the argmax.
+
+    :param table: agent returns ``(n_agents, k)``.
+    :param assignment: current hard assignment ``(n_agents,)`` with every representative non-empty.
+    :return: new hard assignment ``(n_agents,)``.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    old = np.asarray(assignment, dtype=np.int64)
+    n_agents, k = table.shape
+    best = table.max(axis=1)
+    new = np.where(table[np.arange(n_agents), old] >= best, old, table.argmax(axis=1))
+    pinned = np.zeros(n_agents, dtype=bool)
+    while True:
+        sizes = np.bincount(new, minlength=k)
+        empty = np.flatnonzero(sizes == 0)
+        if empty.size == 0:
+            return new
+        j = int(empty[0])
+        # Old members of j are all unpinned (a pinned agent sits at its old representative, and j is empty).
+        members = np.flatnonzero((old == j) & ~pinned)
+        loss = table[members, new[members]] - table[members, j]
+        agent = int(members[np.argmin(loss)])
+        new[agent] = j
+        pinned[agent] = True
+
+
+class EMAssigner(Assigner):
+    """Hard assignment by alternating E-steps (greedy re-assignment) with PPO updates (M-steps).
+
+    A table ``Q`` ``(n_agents, k)`` estimates each agent's return under each representative. After
+    every rollout, column j moves towards the mean return vector of the episodes representative j
+    finished in that rollout: ``Q[:, j] <- (1 - mixing) Q[:, j] + mixing G_j`` (eq. 10; one episode
+    gives all n returns, since every step yields all n rewards). A column's first observation is taken
+    as it is, so the table carries no bias from its zero start. From rollout ``warm_start_updates + 1``
+    on, an :func:`e_step` follows every table update (eq. 11), so each M-step is one PPO update.
+
+    :param mixing: the moving-average coefficient lambda in (0, 1]; 1 uses the latest rollout only.
+    :param warm_start_updates: PPO updates under the initial assignment before the first E-step.
+    :param initial_assignment: ``(n_agents,)``; default round-robin, agent i -> representative i % k.
+    :param seed: unused (EM is deterministic); accepted for a uniform assigner API.
+    """
+
+    def __init__(
+        self,
+        mixing: float = 0.05,
+        warm_start_updates: int = 50,
+        initial_assignment: np.ndarray | list[int] | None = None,
+        seed: int | None = None,
+        verbose: int = 0,
+    ):
+        if not 0.0 < mixing <= 1.0:
+            raise ValueError(f"mixing={mixing}: the moving-average coefficient must lie in (0, 1].")
+        if warm_start_updates < 0:
+            raise ValueError(f"warm_start_updates={warm_start_updates} must be >= 0.")
+        super().__init__(seed=seed, verbose=verbose)
+        self.mixing = float(mixing)
+        self.warm_start_updates = int(warm_start_updates)
+        self.initial_assignment = None if initial_assignment is None else np.asarray(initial_assignment)
+
+    def _setup(self) -> None:
+        if self.initial_assignment is None:
+            hard = np.arange(self.n_agents) % self.k
+        else:
+            hard = _check_hard_assignment(self.initial_assignment, self.n_agents, self.k)
+        self.hard_assignment = hard.astype(np.int64)
+        self.q_table = np.zeros((self.n_agents, self.k), dtype=np.float64)
+        self.observed = np.zeros(self.k, dtype=bool)
+        self.n_e_steps = 0
+        self._weights = one_hot(self.hard_assignment, self.k, self.device)
+
+    def _on_device_change(self) -> None:
+        self._weights = self._weights.to(self.device)
+
+    def weights(self) -> th.Tensor:
+        return self._weights
+
+    def assignment(self) -> np.ndarray:
+        return self.hard_assignment.copy()
+
+    def update_table(self, episode_returns: list[np.ndarray]) -> None:
+        """Mix each representative's mean episode return vector into its column of ``Q``.
+
+        :param episode_returns: per representative, the returns ``(m_j, n_agents)`` of the episodes it
+            finished (``m_j`` may be 0: the column is then left as it is).
+        """
+        for j, returns in enumerate(episode_returns):
+            if len(returns) == 0:
+                continue
+            mean_return = np.asarray(returns, dtype=np.float64).mean(axis=0)
+            if self.observed[j]:
+                self.q_table[:, j] = (1.0 - self.mixing) * self.q_table[:, j] + self.mixing * mean_return
+            else:
+                self.q_table[:, j] = mean_return
+                self.observed[j] = True
+
+    def _update(self) -> None:
+        self.update_table(self.model.rollout_episode_returns)  # type: ignore[attr-defined]
+        if self.n_rollouts > self.warm_start_updates and self.observed.all():
+            self.hard_assignment = e_step(self.q_table, self.hard_assignment)
+            self._weights = one_hot(self.hard_assignment, self.k, self.device)
+            self.n_e_steps += 1
+
+
+def _check_hard_assignment(assignment: np.ndarray, n_agents: int, k: int) -> np.ndarray:
+    hard = np.asarray(assignment)
+    if hard.shape != (n_agents,) or not np.issubdtype(hard.dtype, np.integer):
+        raise ValueError(
+            f"A hard assignment must be an integer array of shape (n_agents,) = ({n_agents},), "
+            f"got {hard.dtype} {hard.shape}: give each agent the index of its representative."
+        )
+    if hard.min() < 0 or hard.max() >= k:
+        raise ValueError(f"Assignment indices must lie in [0, k) = [0, {k}); got {hard.min()}..{hard.max()}.")
+    return hard.astype(np.int64)

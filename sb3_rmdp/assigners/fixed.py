@@ -1,0 +1,77 @@
+"""Fixed assignments: a given one (``FixedAssigner``, e.g. an oracle) or a random even split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+
+from sb3_rmdp.assigners.base import Assigner, one_hot
+
+
+def as_assignment_weights(assignment: np.ndarray | list, n_agents: int, k: int) -> np.ndarray:
+    """Validate a hard ``(n_agents,)`` or soft ``(n_agents, k)`` assignment; return weights ``(n_agents, k)``.
+
+    :raises ValueError: naming the expected shape, on a wrong shape, an index outside ``[0, k)`` or a
+        row that is not a probability vector.
+    """
+    array = np.asarray(assignment)
+    if array.ndim == 1 and array.shape == (n_agents,) and np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() >= k:
+            raise ValueError(f"Assignment indices must lie in [0, k) = [0, {k}); got {array.min()}..{array.max()}.")
+        weights = np.zeros((n_agents, k))
+        weights[np.arange(n_agents), array] = 1.0
+        return weights
+    if array.shape == (n_agents, k):
+        weights = array.astype(np.float64)
+        if np.any(weights < 0) or not np.allclose(weights.sum(axis=1), 1.0):
+            raise ValueError("Each row of a soft assignment (n_agents, k) must be non-negative and sum to 1.")
+        return weights
+    raise ValueError(
+        f"Assignment of shape {array.shape}: expected integers of shape (n_agents,) = ({n_agents},) "
+        f"or weights of shape (n_agents, k) = ({n_agents}, {k})."
+    )
+
+
+class FixedAssigner(Assigner):
+    """A fixed assignment given up front: hard ``(n_agents,)`` indices or soft ``(n_agents, k)`` weights.
+
+    :param assignment: the assignment; validated against the env when the model is set up.
+    """
+
+    def __init__(self, assignment: np.ndarray | list, verbose: int = 0):
+        super().__init__(verbose=verbose)
+        self.given = np.asarray(assignment)
+
+    def _setup(self) -> None:
+        weights = as_assignment_weights(self.given, self.n_agents, self.k)
+        self._weights = th.as_tensor(weights, dtype=th.float32, device=self.device)
+
+    def _on_device_change(self) -> None:
+        self._weights = self._weights.to(self.device)
+
+    def weights(self) -> th.Tensor:
+        return self._weights
+
+
+def random_even_assignment(n_agents: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random hard assignment ``(n_agents,)`` whose group sizes differ by at most one."""
+    assignment = np.empty(n_agents, dtype=np.int64)
+    assignment[rng.permutation(n_agents)] = np.arange(n_agents) % k
+    return assignment
+
+
+class RandomAssigner(Assigner):
+    """The random baseline: a random split into k groups as even as possible, then fixed.
+
+    :param seed: seed of the assigner's own generator (``None``: the model's seed).
+    """
+
+    def _setup(self) -> None:
+        self.hard_assignment = random_even_assignment(self.n_agents, self.k, self.rng)
+        self._weights = one_hot(self.hard_assignment, self.k, self.device)
+
+    def _on_device_change(self) -> None:
+        self._weights = self._weights.to(self.device)
+
+    def weights(self) -> th.Tensor:
+        return self._weights

@@ -1,0 +1,145 @@
+"""``RMDPRolloutBuffer``: SB3's rollout buffer with a trailing agent axis and each slot's representative."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+def slot_representatives(n_envs: int, k: int) -> np.ndarray:
+    """The representative driving each env slot for the whole run: slot ``e`` -> ``e % k``.
+
+    :return: ``(n_envs,)`` int64.
+    """
+    return np.arange(n_envs, dtype=np.int64) % k
+
+
+class RMDPRolloutBufferSamples(NamedTuple):
+    """A minibatch. Shapes: observations ``(B, *obs_shape)``, actions ``(B, action_dim)``,
+    old_values / advantages / returns ``(B, n_agents)``, old_log_prob ``(B,)``, representatives ``(B,)``."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    representatives: th.Tensor
+
+
+class RMDPRolloutBuffer(RolloutBuffer):
+    """Rollout buffer whose rewards, values, returns and advantages are ``(n_steps, n_envs, n_agents)``.
+
+    GAE runs per agent, vectorized over agents, with exactly SB3's arithmetic (with ``n_agents=1`` it
+    equals :meth:`RolloutBuffer.compute_returns_and_advantage` bit for bit). Slot ``e`` is driven by
+    representative ``e % k``; each sample carries that index. The buffer stores **per-agent**
+    advantages: the marginal advantage ``sum_i alpha[i, j] A^{ij}`` is formed by ``RMDPPPO.train``
+    when a minibatch is used, so an assignment changed at rollout end applies to the coming update.
+
+    :param n_agents: number of agents (the reward vector's length).
+    :param k: number of representatives.
+    """
+
+    rewards: np.ndarray
+    values: np.ndarray
+    returns: np.ndarray
+    advantages: np.ndarray
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        n_agents: int = 1,
+        k: int = 1,
+    ):
+        self.n_agents = int(n_agents)
+        self.k = int(k)
+        self.slot_representatives = slot_representatives(n_envs, self.k)
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+
+    def reset(self) -> None:
+        super().reset()
+        shape = (self.buffer_size, self.n_envs, self.n_agents)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.returns = np.zeros(shape, dtype=np.float32)
+        self.values = np.zeros(shape, dtype=np.float32)
+        self.advantages = np.zeros(shape, dtype=np.float32)
+        # Samples are flattened env-major by `swap_and_flatten`: sample e * n_steps + t is slot e.
+        self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
+
+    def add(  # type: ignore[override]
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
+        value: th.Tensor,
+        log_prob: th.Tensor,
+    ) -> None:
+        """Store one step of all slots.
+
+        :param reward: ``(n_envs, n_agents)`` agent rewards.
+        :param episode_start: ``(n_envs,)``.
+        :param value: ``(n_envs, n_agents)`` critic values of the slot's representative.
+        :param log_prob: ``(n_envs,)``.
+        """
+        if len(log_prob.shape) == 0:
+            log_prob = log_prob.reshape(-1, 1)
+        if isinstance(self.observation_space, spaces.Discrete):
+            obs = obs.reshape((self.n_envs, *self.obs_shape))
+        action = action.reshape((self.n_envs, self.action_dim))
+        self.observations[self.pos] = np.array(obs)
+        self.actions[self.pos] = np.array(action)
+        self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs, self.n_agents)
+        self.episode_starts[self.pos] = np.array(episode_start)
+        self.values[self.pos] = value.clone().cpu().numpy().reshape(self.n_envs, self.n_agents)
+        self.log_probs[self.pos] = log_prob.clone().cpu().numpy()
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+
+    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        """Per-agent GAE(lambda) and TD(lambda) returns, vectorized over agents.
+
+        :param last_values: ``(n_envs, n_agents)`` values of the observation after the last step.
+        :param dones: ``(n_envs,)`` whether the last step ended an episode.
+        """
+        last_values_np = last_values.clone().cpu().numpy().reshape(self.n_envs, self.n_agents)
+        last_gae_lam: np.ndarray | float = 0
+        for step in reversed(range(self.buffer_size)):
+            if step == self.buffer_size - 1:
+                next_non_terminal = (1.0 - dones.astype(np.float32))[:, None]
+                next_values = last_values_np
+            else:
+                next_non_terminal = (1.0 - self.episode_starts[step + 1])[:, None]
+                next_values = self.values[step + 1]
+            # Same expression, same operation order as SB3, with an agent axis broadcast.
+            delta = self.rewards[step] + self.gamma * next_values * next_non_terminal - self.values[step]
+            last_gae_lam = delta + self.gamma * self.gae_lambda * next_non_terminal * last_gae_lam
+            self.advantages[step] = last_gae_lam
+        self.returns = self.advantages + self.values
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None
+    ) -> RMDPRolloutBufferSamples:
+        data = (
+            self.observations[batch_inds],
+            self.actions[batch_inds].astype(np.float32, copy=False),
+            self.values[batch_inds],
+            self.log_probs[batch_inds].flatten(),
+            self.advantages[batch_inds],
+            self.returns[batch_inds],
+        )
+        tensors = tuple(map(self.to_torch, data))
+        representatives = th.as_tensor(self.sample_representatives[batch_inds], device=self.device)
+        return RMDPRolloutBufferSamples(*tensors, representatives=representatives)

@@ -1,0 +1,261 @@
+"""``MultiRepresentativePolicy``: one actor-critic network serving k representatives and n agents.
+
+The features extractor and the MLP trunk are shared by all representatives (as in the paper, section
+3.2). On top sit **k action heads** (and k log-std rows for Gaussian actions) and a critic head with
+``k x n_agents`` outputs: ``V^{ij}(s)`` for every agent i under every representative j. Every method
+that SB3's :class:`~stable_baselines3.common.policies.ActorCriticPolicy` offers takes an extra
+``representatives`` index tensor ``(batch,)``, the way sb3-contrib's MaskablePPO passes
+``action_masks``; only the rows of each sample's own representative are computed.
+
+With ``k=1`` and ``n_agents=1`` the network is created (same modules, same order, same random draws)
+and evaluated exactly as SB3's ``ActorCriticPolicy``, so ``RMDPPPO`` then reproduces ``PPO`` bit for
+bit.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+)
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+from torch.nn import functional as F
+
+RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | None
+
+
+class MultiRepresentativePolicy(ActorCriticPolicy):
+    """Actor-critic policy with k representatives (action heads) and a per-agent critic.
+
+    Accepts every argument of :class:`~stable_baselines3.common.policies.ActorCriticPolicy`, plus:
+
+    :param k: number of representatives (the policy budget), ``k >= 1``.
+    :param n_agents: number of agents, ``n_agents >= 1``; the critic outputs ``(batch, n_agents)``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        k: int = 1,
+        n_agents: int = 1,
+        **kwargs: Any,
+    ):
+        if int(k) < 1:
+            raise ValueError(f"k={k}: a policy needs at least one representative (k >= 1).")
+        if int(n_agents) < 1:
+            raise ValueError(f"n_agents={n_agents}: an r-MDP needs at least one agent.")
+        if kwargs.get("use_sde", False):
+            raise ValueError(
+                "use_sde=True is not supported by MultiRepresentativePolicy (gSDE keeps one exploration "
+                "matrix, not one per representative): pass use_sde=False."
+            )
+        # Read by `_build`, which the parent constructor calls.
+        self.k = int(k)
+        self.n_agents = int(n_agents)
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(k=self.k, n_agents=self.n_agents)
+        return data
+
+    # ------------------------------------------------------------------ construction
+    def _action_head_size(self) -> int:
+        """Outputs of one representative's action head (mean actions or logits)."""
+        dist = self.action_dist
+        if isinstance(dist, (DiagGaussianDistribution, CategoricalDistribution)):
+            return int(dist.action_dim)
+        if isinstance(dist, MultiCategoricalDistribution):
+            return int(sum(dist.action_dims))
+        if isinstance(dist, BernoulliDistribution):
+            return int(dist.action_dims)
+        raise ValueError(
+            f"Unsupported action distribution {type(dist).__name__}: MultiRepresentativePolicy supports "
+            "Box, Discrete, MultiDiscrete and MultiBinary action spaces."
+        )
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        """Create the trunk, the k action heads, the ``k x n_agents`` critic and the optimizer.
+
+        Mirrors :meth:`ActorCriticPolicy._build` module for module, so that with ``k = n_agents = 1``
+        the parameters are drawn from the random stream in the same order with the same shapes.
+        """
+        self._build_mlp_extractor()
+        latent_dim_pi = self.mlp_extractor.latent_dim_pi
+        self.action_head_size = self._action_head_size()
+        self.action_net = nn.Linear(latent_dim_pi, self.k * self.action_head_size)
+        if isinstance(self.action_dist, DiagGaussianDistribution):
+            self.log_std = nn.Parameter(th.ones(self.k, self.action_head_size) * self.log_std_init, requires_grad=True)
+        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.k * self.n_agents)
+        if self.ortho_init:
+            module_gains = {
+                self.features_extractor: np.sqrt(2),
+                self.mlp_extractor: np.sqrt(2),
+                self.action_net: 0.01,
+                self.value_net: 1,
+            }
+            if not self.share_features_extractor:
+                del module_gains[self.features_extractor]
+                module_gains[self.pi_features_extractor] = np.sqrt(2)
+                module_gains[self.vf_features_extractor] = np.sqrt(2)
+            for module, gain in module_gains.items():
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    # ------------------------------------------------------------------ representatives
+    def as_representatives(self, representatives: RepresentativesLike, batch_size: int) -> th.Tensor:
+        """Turn ``representatives`` into a ``long`` tensor ``(batch_size,)`` on the policy's device.
+
+        :param representatives: an int (same representative for the whole batch), a sequence or tensor
+            ``(batch_size,)``, or ``None`` (allowed only when ``k == 1``).
+        :raises ValueError: on a missing index with ``k > 1``, a wrong length or an index outside ``[0, k)``.
+        """
+        if representatives is None:
+            if self.k > 1:
+                raise ValueError(
+                    f"This policy has k={self.k} representatives: say which one acts, e.g. "
+                    "`model.predict(obs, representative=j)` with 0 <= j < k."
+                )
+            return th.zeros(batch_size, dtype=th.long, device=self.device)
+        if isinstance(representatives, (int, np.integer)):
+            index = th.full((batch_size,), int(representatives), dtype=th.long, device=self.device)
+        else:
+            index = th.as_tensor(representatives, device=self.device).long().reshape(-1)
+            if index.numel() == 1 and batch_size != 1:
+                index = index.expand(batch_size)
+        if index.shape[0] != batch_size:
+            raise ValueError(
+                f"Got {index.shape[0]} representative indices for a batch of {batch_size} observations: "
+                "pass one index per observation, or a single int for all."
+            )
+        if self.k > 1 and index.numel() > 0:
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= self.k:
+                raise ValueError(f"Representative index out of range [0, {self.k}): got {low}..{high}.")
+        return index
+
+    def _per_representative_linear(self, layer: nn.Linear, latent: th.Tensor, index: th.Tensor, size: int) -> th.Tensor:
+        """Apply only row block ``index[b]`` of a ``k``-block linear layer to each sample ``b``.
+
+        :param layer: linear layer with ``k * size`` outputs.
+        :param latent: ``(batch, in_features)``.
+        :param index: ``(batch,)`` representatives.
+        :param size: outputs per representative.
+        :return: ``(batch, size)``.
+        """
+        if self.k == 1:
+            return layer(latent)
+        weight = layer.weight.view(self.k, size, -1)
+        bias = layer.bias.view(self.k, size)
+        if index.numel() > 0 and bool((index == index[0]).all()):
+            j = int(index[0])
+            return F.linear(latent, weight[j], bias[j])
+        return th.baddbmm(bias[index].unsqueeze(-1), weight[index], latent.unsqueeze(-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ SB3 API with representatives
+    def _latents(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            return self.mlp_extractor(features)
+        pi_features, vf_features = features
+        return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)
+
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor, representatives: RepresentativesLike = None) -> Distribution:
+        """Action distribution of each sample's representative.
+
+        :param latent_pi: ``(batch, latent_dim_pi)``.
+        :param representatives: ``(batch,)`` indices (see :meth:`as_representatives`).
+        """
+        index = self.as_representatives(representatives, latent_pi.shape[0])
+        head = self._per_representative_linear(self.action_net, latent_pi, index, self.action_head_size)
+        if isinstance(self.action_dist, DiagGaussianDistribution):
+            # k == 1 keeps SB3's broadcast of one log-std row (bitwise the same gradients).
+            log_std = self.log_std[0] if self.k == 1 else self.log_std[index]
+            return self.action_dist.proba_distribution(head, log_std)
+        return self.action_dist.proba_distribution(action_logits=head)  # type: ignore[call-arg]
+
+    def _values_from_latent(self, latent_vf: th.Tensor, representatives: RepresentativesLike) -> th.Tensor:
+        index = self.as_representatives(representatives, latent_vf.shape[0])
+        return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+
+    def forward(  # type: ignore[override]
+        self, obs: th.Tensor, deterministic: bool = False, representatives: RepresentativesLike = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Act, evaluate and score in one pass.
+
+        :param obs: ``(batch, *obs_shape)``.
+        :param representatives: ``(batch,)`` the representative acting for each observation.
+        :return: actions ``(batch, *action_shape)``, values ``(batch, n_agents)``, log-probabilities ``(batch,)``.
+        """
+        latent_pi, latent_vf = self._latents(obs)
+        values = self._values_from_latent(latent_vf, representatives)
+        distribution = self._get_action_dist_from_latent(latent_pi, representatives)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, values, log_prob
+
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: PyTorchObs, actions: th.Tensor, representatives: RepresentativesLike = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """Values ``(batch, n_agents)``, log-likelihood ``(batch,)`` and entropy ``(batch,)`` of ``actions``."""
+        latent_pi, latent_vf = self._latents(obs)
+        distribution = self._get_action_dist_from_latent(latent_pi, representatives)
+        log_prob = distribution.log_prob(actions)
+        values = self._values_from_latent(latent_vf, representatives)
+        return values, log_prob, distribution.entropy()
+
+    def get_distribution(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> Distribution:  # type: ignore[override]
+        features = super(ActorCriticPolicy, self).extract_features(obs, self.pi_features_extractor)
+        latent_pi = self.mlp_extractor.forward_actor(features)
+        return self._get_action_dist_from_latent(latent_pi, representatives)
+
+    def predict_values(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> th.Tensor:  # type: ignore[override]
+        """Per-agent values ``(batch, n_agents)`` under each sample's representative."""
+        features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
+        latent_vf = self.mlp_extractor.forward_critic(features)
+        return self._values_from_latent(latent_vf, representatives)
+
+    def _predict(  # type: ignore[override]
+        self, observation: PyTorchObs, deterministic: bool = False, representatives: RepresentativesLike = None
+    ) -> th.Tensor:
+        return self.get_distribution(observation, representatives).get_actions(deterministic=deterministic)
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        representative: RepresentativesLike = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's ``predict`` for one representative (an int) or one per observation (an array ``(n_envs,)``)."""
+        self.set_training_mode(False)
+        obs_tensor, vectorized_env = self.obs_to_tensor(observation)
+        batch_size = next(iter(obs_tensor.values())).shape[0] if isinstance(obs_tensor, dict) else obs_tensor.shape[0]
+        with th.no_grad():
+            index = self.as_representatives(representative, batch_size)
+            actions_tensor = self._predict(obs_tensor, deterministic=deterministic, representatives=index)
+        actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        if isinstance(self.action_space, spaces.Box):
+            actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if not vectorized_env:
+            actions = actions.squeeze(axis=0)
+        return actions, state
+
+
+MlpPolicy = MultiRepresentativePolicy

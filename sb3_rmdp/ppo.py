@@ -1,0 +1,460 @@
+"""``RMDPPPO``: SB3's PPO for represented MDPs (k representatives serving n agents)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
+
+from sb3_rmdp.assigners import Assigner, make_assigner
+from sb3_rmdp.buffers import RMDPRolloutBuffer, slot_representatives
+from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
+from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
+from sb3_rmdp.policies import MultiRepresentativePolicy
+
+SelfRMDPPPO = TypeVar("SelfRMDPPPO", bound="RMDPPPO")
+
+
+def normalize_per_representative(advantages: th.Tensor, representatives: th.Tensor, k: int) -> th.Tensor:
+    """Normalize advantages to zero mean and unit std within each representative's samples.
+
+    Each representative then contributes equally to the shared trunk, whatever its agents' reward
+    scale. A representative with a single sample in the minibatch gets advantage 0 (nothing to
+    normalize against).
+
+    :param advantages: ``(batch,)`` marginal advantages.
+    :param representatives: ``(batch,)`` long.
+    :return: ``(batch,)``.
+    """
+    counts = th.bincount(representatives, minlength=k).to(advantages.dtype)
+    sums = th.zeros(k, dtype=advantages.dtype, device=advantages.device).index_add(0, representatives, advantages)
+    centered = advantages - (sums / counts.clamp(min=1))[representatives]
+    squares = th.zeros_like(sums).index_add(0, representatives, centered * centered)
+    # Unbiased, like th.std; the clamp keeps the gradient finite when a group's advantages are equal.
+    std = (squares / (counts - 1).clamp(min=1)).clamp(min=1e-16).sqrt()
+    normalized = centered / (std[representatives] + 1e-8)
+    return th.where(counts[representatives] > 1, normalized, th.zeros_like(normalized))
+
+
+class RMDPPPO(PPO):
+    """PPO with k representative policies serving n agents, each with its own reward (an r-MDP).
+
+    Every PPO argument keeps its meaning; ``n_steps`` is per env slot. Env slot ``e`` is driven by
+    representative ``e % k`` for the whole run, so every representative collects the same number of
+    transitions. Each transition yields all n agent rewards; a per-agent critic learns ``V^{ij}`` and
+    per-agent GAE gives ``A^{ij}``; the policy loss of a sample collected by j uses the marginal
+    advantage ``sum_i alpha[i, j] A^{ij}`` with the assigner's current ``alpha`` (paper eq. 9),
+    normalized per representative within the minibatch; the value loss is the MSE over all agents.
+
+    :param policy: ``"MlpPolicy"`` or a subclass of :class:`~sb3_rmdp.policies.MultiRepresentativePolicy`.
+    :param env: an r-MDP env id, gymnasium env, env factory, or a VecEnv from
+        :func:`~sb3_rmdp.envs.make_rmdp_vec_env`.
+    :param k: the policy budget (number of representatives), ``1 <= k <= n_agents``.
+    :param assigner: an :class:`~sb3_rmdp.assigners.Assigner` (default ``EMAssigner()``) or a name.
+    :param n_envs: env slots to create when ``env`` is not a VecEnv (default ``k``); a multiple of k.
+    :param env_kwargs: keyword arguments for ``gym.make`` when ``env`` is an id (or for a factory).
+    The other parameters are SB3's :class:`~stable_baselines3.PPO`'s.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": MultiRepresentativePolicy}
+    policy: MultiRepresentativePolicy
+    rollout_buffer: RMDPRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[MultiRepresentativePolicy],
+        env: GymEnv | str | None,
+        k: int = 1,
+        assigner: Assigner | str | None = None,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        n_envs: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        _init_setup_model: bool = True,
+    ):
+        if int(k) != k or k < 1:
+            raise ValueError(f"k={k}: the policy budget must be a whole number of representatives, k >= 1.")
+        if use_sde:
+            raise ValueError("use_sde=True is not supported by RMDPPPO: pass use_sde=False.")
+        self.k = int(k)
+        self.assigner = make_assigner(assigner)
+        self.n_agents = 0
+        self.agent_params: np.ndarray | None = None
+        if env is not None:
+            if n_envs is not None and n_envs % self.k != 0:
+                raise ValueError(_slots_error(n_envs, self.k))
+            env = as_rmdp_vec_env(env, n_envs=n_envs or self.k, env_kwargs=env_kwargs)
+            if env.num_envs % self.k != 0:
+                raise ValueError(_slots_error(env.num_envs, self.k))
+            self.n_agents = vec_env_n_agents(env)
+            if self.k > self.n_agents:
+                raise ValueError(
+                    f"k={self.k} representatives for {self.n_agents} agents: the policy budget must satisfy "
+                    f"1 <= k <= n_agents; lower k to at most {self.n_agents}."
+                )
+            self.agent_params = vec_env_agent_params(env)
+        super().__init__(
+            policy,
+            env,  # type: ignore[arg-type]
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=False,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_model(self) -> None:
+        if not issubclass(self.policy_class, MultiRepresentativePolicy):
+            raise ValueError(
+                f"RMDPPPO needs a MultiRepresentativePolicy (k action heads, per-agent critic), got "
+                f"{self.policy_class.__name__}: pass 'MlpPolicy' or a subclass of MultiRepresentativePolicy."
+            )
+        self.policy_kwargs = {**self.policy_kwargs, "k": self.k, "n_agents": self.n_agents}
+        if self.rollout_buffer_class is None:
+            self.rollout_buffer_class = RMDPRolloutBuffer
+        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "n_agents": self.n_agents, "k": self.k}
+        super()._setup_model()
+        self.assigner.bind(self.n_agents, self.k, self.agent_params, seed=self.seed, device=self.device)
+        self._slot_representatives = th.as_tensor(slot_representatives(self.n_envs, self.k), device=self.device)
+        if getattr(self, "_episode_agent_returns", None) is None or self._episode_agent_returns.shape != (
+            self.n_envs,
+            self.n_agents,
+        ):
+            self._reset_episode_tracking()
+
+    def _reset_episode_tracking(self) -> None:
+        #: running undiscounted return of the episode in progress in each slot, ``(n_envs, n_agents)``
+        self._episode_agent_returns = np.zeros((self.n_envs, self.n_agents))
+        #: per representative, the returns ``(m_j, n_agents)`` of the episodes it finished in the last rollout
+        self.rollout_episode_returns: list[np.ndarray] = [np.zeros((0, self.n_agents)) for _ in range(self.k)]
+        #: ``(n_agents, k)`` mean training-episode return of each agent under each representative, from
+        #: the latest rollout in which the representative finished an episode (NaN before any)
+        self.training_returns = np.full((self.n_agents, self.k), np.nan)
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        if reset_num_timesteps or self._last_obs is None:
+            # SB3 resets the env: no episode is in progress any more.
+            self._episode_agent_returns = np.zeros((self.n_envs, self.n_agents))
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """Run the assigner first, then the user's callbacks (SB3 calls them in list order)."""
+        if callback is None:
+            user_callbacks: list[BaseCallback] = []
+        elif isinstance(callback, list):
+            user_callbacks = list(callback)
+        elif isinstance(callback, BaseCallback):
+            user_callbacks = [callback]
+        else:
+            user_callbacks = [super()._init_callback(callback)]
+        return super()._init_callback(CallbackList([self.assigner, *user_callbacks]), progress_bar)
+
+    # ------------------------------------------------------------------ the assignment, for users
+    def assignment(self) -> np.ndarray:
+        """The deployed hard assignment ``(n_agents,)``: each agent's representative."""
+        return self.assigner.assignment()
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        representative: int | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's ``predict`` served by representative ``representative`` (an int, or one per observation)."""
+        return self.policy.predict(observation, state, episode_start, deterministic, representative=representative)
+
+    # ------------------------------------------------------------------ rollouts
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """SB3's rollout loop, with each slot's representative acting and the agents' reward vectors stored.
+
+        Time-limit truncations are bootstrapped per agent with the collecting representative's critic,
+        and every finished episode's return vector is kept for the assigner (``rollout_episode_returns``).
+        """
+        assert self._last_obs is not None, "No previous observation was provided"
+        assert isinstance(rollout_buffer, RMDPRolloutBuffer)
+        self.policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        representatives = self._slot_representatives
+        slot_reps = representatives.cpu().numpy()
+        finished: list[list[np.ndarray]] = [[] for _ in range(self.k)]
+
+        while n_steps < n_rollout_steps:
+            with th.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions, values, log_probs = self.policy(obs_tensor, representatives=representatives)
+            actions = actions.cpu().numpy()
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+
+            new_obs, _, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+
+            agent_rewards = _agent_rewards(infos, self.n_agents)
+            self._episode_agent_returns += agent_rewards
+            for idx in np.flatnonzero(dones):
+                finished[slot_reps[idx]].append(self._episode_agent_returns[idx].copy())
+                self._episode_agent_returns[idx] = 0.0
+                if infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with th.no_grad():
+                        terminal_values = self.policy.predict_values(
+                            terminal_obs, representatives=representatives[idx : idx + 1]
+                        )[0]
+                    agent_rewards[idx] += self.gamma * terminal_values.cpu().numpy()
+
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                agent_rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        with th.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), representatives=representatives)  # type: ignore[arg-type]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+
+        self.rollout_episode_returns = [np.asarray(f, dtype=np.float64).reshape(-1, self.n_agents) for f in finished]
+        for j, returns in enumerate(self.rollout_episode_returns):
+            if len(returns) > 0:
+                self.training_returns[:, j] = returns.mean(axis=0)
+
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    # ------------------------------------------------------------------ the update
+    def marginal_advantages(self, advantages: th.Tensor, representatives: th.Tensor) -> th.Tensor:
+        """``sum_i alpha[i, j_b] A^{i j_b}_b`` for each sample b, normalized per representative.
+
+        :param advantages: ``(batch, n_agents)`` per-agent advantages.
+        :param representatives: ``(batch,)`` each sample's representative ``j_b``.
+        :return: ``(batch,)``; differentiable w.r.t. the assignment when the assigner learns it.
+        """
+        alpha = self.assigner.weights()
+        if not self.assigner.requires_grad:
+            alpha = alpha.detach()
+        marginal = (alpha.T[representatives] * advantages).sum(dim=1)
+        if self.normalize_advantage and len(marginal) > 1:
+            if self.k == 1:
+                marginal = (marginal - marginal.mean()) / (marginal.std() + 1e-8)
+            else:
+                marginal = normalize_per_representative(marginal, representatives, self.k)
+        return marginal
+
+    def train(self) -> None:
+        """SB3's PPO update, with marginal advantages and a per-agent value loss.
+
+        The assigner's own optimizer (if any) steps in the same backward pass as the policy's.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+
+        entropy_losses = []
+        pg_losses, value_losses = [], []
+        clip_fractions = []
+
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                actions = rollout_data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = rollout_data.actions.long().flatten()
+                representatives = rollout_data.representatives  # type: ignore[attr-defined]
+
+                values, log_prob, entropy = self.policy.evaluate_actions(
+                    rollout_data.observations, actions, representatives=representatives
+                )
+                advantages = self.marginal_advantages(rollout_data.advantages, representatives)
+
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+
+                pg_losses.append(policy_loss.item())
+                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+                clip_fractions.append(clip_fraction)
+
+                if self.clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                # Per-agent critic of the collecting representative: MSE over all agents (paper eq. 8).
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_losses.append(value_loss.item())
+
+                if entropy is None:
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+                entropy_losses.append(entropy_loss.item())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                self.assigner.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+                self.assigner.step()
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def learn(
+        self: SelfRMDPPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "RMDPPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfRMDPPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+def _slots_error(n_envs: int, k: int) -> str:
+    return (
+        f"n_envs={n_envs} env slots cannot be shared evenly by k={k} representatives (slot e is driven by "
+        f"representative e % k): use a multiple of k, e.g. n_envs={k * max(1, round(n_envs / k))}."
+    )
+
+
+def _agent_rewards(infos: list[dict[str, Any]], n_agents: int) -> np.ndarray:
+    """Stack ``info["agent_rewards"]`` of every slot: ``(n_envs, n_agents)`` float32."""
+    try:
+        rewards = np.stack([info[AGENT_REWARDS_KEY] for info in infos]).astype(np.float32, copy=False)
+    except KeyError as error:
+        raise ValueError(
+            "A step's info has no 'agent_rewards': wrap each env in `sb3_rmdp.envs.AgentRewardsWrapper` "
+            "before vectorizing (or build the VecEnv with `sb3_rmdp.envs.make_rmdp_vec_env`)."
+        ) from error
+    if rewards.shape[1] != n_agents:
+        raise ValueError(f"info['agent_rewards'] has {rewards.shape[1]} entries; the model has {n_agents} agents.")
+    return rewards

@@ -1,0 +1,117 @@
+"""Social welfare of an assignment, and the agent-returns table from real evaluation episodes.
+
+Vocabulary: a *table* ``Q`` ``(n_agents, k)`` holds the return agent i gets from representative j;
+an *assignment* is either hard, ``(n_agents,)`` representative indices, or soft, ``(n_agents, k)``
+weights with rows on the simplex.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
+
+if TYPE_CHECKING:
+    from sb3_rmdp.ppo import RMDPPPO
+
+
+def _as_weights(assignment: np.ndarray, n_agents: int, k: int) -> np.ndarray:
+    array = np.asarray(assignment)
+    if array.ndim == 1:
+        if array.shape != (n_agents,):
+            raise ValueError(f"Hard assignment of shape {array.shape}; expected ({n_agents},).")
+        weights = np.zeros((n_agents, k))
+        weights[np.arange(n_agents), array.astype(np.int64)] = 1.0
+        return weights
+    if array.shape != (n_agents, k):
+        raise ValueError(f"Assignment of shape {array.shape}; expected ({n_agents},) or ({n_agents}, {k}).")
+    return array.astype(np.float64)
+
+
+def agent_welfare(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
+    """Each agent's expected return ``sum_j alpha[i, j] Q[i, j]``.
+
+    :param table: ``(n_agents, k)``.
+    :param assignment: hard ``(n_agents,)`` or soft ``(n_agents, k)``.
+    :return: ``(n_agents,)``.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    return (_as_weights(assignment, *table.shape) * table).sum(axis=1)
+
+
+def utilitarian_welfare(table: np.ndarray, assignment: np.ndarray) -> float:
+    """The social welfare of the paper: the mean over agents of their expected return."""
+    return float(agent_welfare(table, assignment).mean())
+
+
+def egalitarian_welfare(table: np.ndarray, assignment: np.ndarray) -> float:
+    """The worst-off agent's expected return (min over agents)."""
+    return float(agent_welfare(table, assignment).min())
+
+
+def nash_welfare(table: np.ndarray, assignment: np.ndarray) -> float:
+    """Nash welfare: the geometric mean of the agents' expected returns.
+
+    Defined for non-negative returns; it is 0 as soon as one agent gets 0 or less.
+    """
+    values = agent_welfare(table, assignment)
+    if np.any(values <= 0):
+        return 0.0
+    return float(np.exp(np.log(values).mean()))
+
+
+def best_assignment(table: np.ndarray) -> np.ndarray:
+    """The deployed assignment for a table: each agent picks its best representative.
+
+    :param table: ``(n_agents, k)``.
+    :return: ``(n_agents,)`` (ties go to the lowest index).
+    """
+    return np.asarray(table).argmax(axis=1)
+
+
+def evaluate_agent_returns(
+    model: RMDPPPO,
+    env: Any,
+    n_episodes: int = 1,
+    deterministic: bool = True,
+) -> np.ndarray:
+    """Run real evaluation episodes of every representative and average every agent's return.
+
+    :param model: a trained :class:`~sb3_rmdp.RMDPPPO`.
+    :param env: an env id, an r-MDP gymnasium env or a VecEnv built by
+        :func:`~sb3_rmdp.envs.make_rmdp_vec_env` (use the training VecNormalize statistics if any).
+    :param n_episodes: episodes per representative, spread over the VecEnv's slots as SB3's
+        ``evaluate_policy`` does (so short episodes are not over-counted).
+    :param deterministic: act with the mode of each representative's distribution.
+    :return: the table ``Q`` ``(n_agents, k)``: mean undiscounted return of agent i under representative j.
+    """
+    from sb3_rmdp.envs.vec_env import as_rmdp_vec_env
+
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes={n_episodes}: evaluate at least one episode per representative.")
+    vec_env = as_rmdp_vec_env(env)
+    table = np.zeros((model.n_agents, model.k))
+    for j in range(model.k):
+        table[:, j] = _mean_episode_return(model, vec_env, j, n_episodes, deterministic)
+    return table
+
+
+def _mean_episode_return(model: RMDPPPO, vec_env: Any, representative: int, n_episodes: int, deterministic: bool) -> np.ndarray:
+    n_envs = vec_env.num_envs
+    targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
+    counts = np.zeros(n_envs, dtype=np.int64)
+    running = np.zeros((n_envs, model.n_agents))
+    total = np.zeros(model.n_agents)
+    obs = vec_env.reset()
+    while np.any(counts < targets):
+        actions, _ = model.predict(obs, deterministic=deterministic, representative=representative)
+        obs, _, dones, infos = vec_env.step(actions)
+        running += np.stack([info[AGENT_REWARDS_KEY] for info in infos])
+        for e in np.flatnonzero(dones):
+            if counts[e] < targets[e]:
+                total += running[e]
+                counts[e] += 1
+            running[e] = 0.0
+    return total / n_episodes
