@@ -1,0 +1,45 @@
+"""Shared test fixtures: small r-MDP envs built from classic-control tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+
+
+class ScaledRewardsEnv(gym.Wrapper):
+    """An r-MDP of ``len(scales)`` agents over a scalar env: agent i's reward is ``scales[i] * reward``.
+
+    ``bad`` injects faulty rewards for the error tests: ``"shape"`` (one entry too many) or ``"nan"``.
+    """
+
+    def __init__(self, env: gym.Env, scales: Any = (1.0, 2.0, 3.0), bad: str | None = None):
+        super().__init__(env)
+        self.scales = np.asarray(scales, dtype=np.float32)
+        self.reward_space = spaces.Box(-np.inf, np.inf, shape=self.scales.shape, dtype=np.float32)
+        self.agent_params = self.scales.reshape(-1, 1).astype(np.float64)
+        self.bad = bad
+
+    def step(self, action: Any) -> tuple[Any, np.ndarray, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        rewards = self.scales * np.float32(reward)
+        if self.bad == "shape":
+            rewards = np.append(rewards, 0.0)
+        elif self.bad == "nan":
+            rewards = rewards.copy()
+            rewards[0] = np.nan
+        return obs, rewards, terminated, truncated, info
+
+
+def make_scaled(env_id: str = "CartPole-v1", n_agents: int = 3, **kwargs: Any) -> ScaledRewardsEnv:
+    return ScaledRewardsEnv(gym.make(env_id), scales=np.arange(1, n_agents + 1, dtype=np.float32), **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> None:
+    # Two threads on two cores collapse whenever the other core is busy (pytest-xdist runs two workers).
+    th.set_num_threads(1)

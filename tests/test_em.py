@@ -1,0 +1,124 @@
+"""The EM-like assigner: the theory's properties of the E-step, and the table it keeps."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch as th
+
+from sb3_rmdp import EMAssigner, RandomAssigner
+from sb3_rmdp.assigners import e_step
+from sb3_rmdp.welfare import utilitarian_welfare
+
+
+def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n_agents = int(rng.integers(2, 30))
+    k = int(rng.integers(1, n_agents + 1))
+    table = rng.normal(size=(n_agents, k))
+    if rng.random() < 0.5:
+        # One dominant representative: the plain argmax would leave the others empty.
+        table[:, int(rng.integers(k))] += 5.0
+    old = np.arange(n_agents) % k
+    rng.shuffle(old)
+    return table, old
+
+
+def test_e_step_never_lowers_welfare_of_a_fixed_table() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        table, old = _random_case(rng)
+        new = e_step(table, old)
+        assert utilitarian_welfare(table, new) >= utilitarian_welfare(table, old) - 1e-12
+
+
+def test_e_step_never_leaves_a_representative_empty() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        table, old = _random_case(rng)
+        new = e_step(table, old)
+        assert np.bincount(new, minlength=table.shape[1]).min() >= 1
+
+
+def test_e_step_is_argmax_when_no_representative_empties() -> None:
+    table = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 3.0], [5.0, 0.0, 0.0]])
+    assert np.array_equal(e_step(table, np.array([1, 2, 0, 1])), [0, 1, 2, 0])
+
+
+def test_e_step_pins_the_agent_that_loses_least() -> None:
+    # Everyone prefers representative 0; representative 1 keeps the old member for whom it is closest.
+    table = np.array([[9.0, 0.0], [9.0, 8.5], [9.0, 1.0]])
+    assert np.array_equal(e_step(table, np.array([0, 1, 1])), [0, 1, 0])
+
+
+def _bound(assigner: EMAssigner, n_agents: int, k: int) -> EMAssigner:
+    assigner.bind(n_agents, k)
+    assigner.model = SimpleNamespace(rollout_episode_returns=None)  # type: ignore[assignment]
+    return assigner
+
+
+def _rollout(assigner: EMAssigner, episode_returns: list[np.ndarray]) -> None:
+    assigner.model.rollout_episode_returns = episode_returns  # type: ignore[union-attr]
+    assigner.n_rollouts += 1
+    assigner._update()
+
+
+def test_mixing_one_makes_the_e_step_the_argmax_of_the_latest_returns() -> None:
+    rng = np.random.default_rng(2)
+    n_agents, k = 12, 3
+    assigner = _bound(EMAssigner(mixing=1.0, warm_start_updates=0), n_agents, k)
+    for _ in range(5):
+        table = rng.normal(size=(n_agents, k))
+        table[np.arange(k), np.arange(k)] += 10.0  # argmax leaves no representative empty
+        _rollout(assigner, [table[:, j][None, :] for j in range(k)])
+        assert np.array_equal(assigner.assignment(), table.argmax(axis=1))
+        assert np.array_equal(assigner.q_table, table)
+
+
+def test_table_is_a_moving_average_started_from_the_first_observation() -> None:
+    assigner = _bound(EMAssigner(mixing=0.25, warm_start_updates=10), 2, 2)
+    _rollout(assigner, [np.array([[4.0, 0.0], [2.0, 0.0]]), np.zeros((0, 2))])
+    assert np.allclose(assigner.q_table[:, 0], [3.0, 0.0])  # mean of the rollout's episodes
+    assert not assigner.observed[1]
+    _rollout(assigner, [np.array([[7.0, 4.0]]), np.array([[1.0, 1.0]])])
+    assert np.allclose(assigner.q_table[:, 0], [0.75 * 3.0 + 0.25 * 7.0, 0.25 * 4.0])
+    assert np.allclose(assigner.q_table[:, 1], [1.0, 1.0])
+
+
+def test_no_e_step_during_warm_start() -> None:
+    assigner = _bound(EMAssigner(mixing=1.0, warm_start_updates=3), 4, 2)
+    initial = assigner.assignment()
+    table = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    for _ in range(3):
+        _rollout(assigner, [table[:, j][None, :] for j in range(2)])
+        assert np.array_equal(assigner.assignment(), initial)
+    _rollout(assigner, [table[:, j][None, :] for j in range(2)])
+    assert np.array_equal(assigner.assignment(), [1, 0, 1, 0])
+    assert assigner.n_e_steps == 1
+
+
+@pytest.mark.parametrize("make", [lambda: EMAssigner(mixing=0.5, warm_start_updates=0), lambda: RandomAssigner(seed=3)])
+def test_assigners_never_draw_from_the_global_random_streams(make) -> None:
+    np.random.seed(123)
+    th.manual_seed(123)
+    numpy_state, torch_state = np.random.get_state()[1].copy(), th.get_rng_state().clone()
+    assigner = _bound(make(), 20, 4)
+    for _ in range(3):
+        _rollout(assigner, [np.ones((2, 20)) * j for j in range(4)])
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+    assert th.equal(th.get_rng_state(), torch_state)
+
+
+def test_random_assigner_splits_evenly_and_is_seeded() -> None:
+    for n_agents, k in [(10, 3), (25, 4), (7, 7), (100, 6)]:
+        first = RandomAssigner(seed=5)
+        first.bind(n_agents, k)
+        sizes = np.bincount(first.assignment(), minlength=k)
+        assert sizes.max() - sizes.min() <= 1 and sizes.sum() == n_agents
+        second = RandomAssigner(seed=5)
+        second.bind(n_agents, k)
+        assert np.array_equal(first.assignment(), second.assignment())
+    other = RandomAssigner(seed=6)
+    other.bind(100, 6)
+    assert not np.array_equal(other.assignment(), first.assignment())

@@ -1,0 +1,88 @@
+"""MultiRepresentativePolicy: only each sample's representative rows, equal to the full heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from conftest import make_scaled
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_rmdp import RMDPPPO
+
+
+@pytest.mark.parametrize(("env_id", "k", "n_agents"), [("CartPole-v1", 3, 5), ("Pendulum-v1", 4, 6)])
+def test_representative_rows_equal_the_full_heads(env_id: str, k: int, n_agents: int) -> None:
+    model = RMDPPPO("MlpPolicy", lambda: make_scaled(env_id, n_agents=n_agents), k=k, n_envs=k, seed=0)
+    policy = model.policy
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(11)]))
+    representatives = th.as_tensor(np.random.default_rng(0).integers(0, k, 11))
+    actions = th.as_tensor(np.stack([model.action_space.sample() for _ in range(11)])).float()
+    if env_id == "CartPole-v1":
+        actions = actions.long()
+    values, log_prob, entropy = policy.evaluate_actions(obs, actions, representatives)
+    assert values.shape == (11, n_agents)
+
+    latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs))
+    all_values = policy.value_net(latent_vf).view(11, k, n_agents)
+    assert th.allclose(values, all_values[th.arange(11), representatives], atol=1e-6)
+    all_heads = policy.action_net(latent_pi).view(11, k, -1)
+    for b in range(11):
+        j = int(representatives[b])
+        single = policy._get_action_dist_from_latent(latent_pi[b : b + 1], j)
+        assert th.allclose(log_prob[b], single.log_prob(actions[b : b + 1]).squeeze(), atol=1e-6)
+        if env_id == "CartPole-v1":
+            assert th.allclose(single.distribution.logits, th.log_softmax(all_heads[b, j], -1), atol=1e-6)
+    assert entropy is not None and entropy.shape == (11,)
+
+
+def test_predict_serves_the_named_representative() -> None:
+    model = RMDPPPO("MlpPolicy", lambda: make_scaled("CartPole-v1", n_agents=3), k=3, n_envs=3, seed=0)
+    with th.no_grad():
+        # Make the heads disagree: representative j always pushes action j % 2.
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.copy_(th.tensor([5.0, -5.0, -5.0, 5.0, 5.0, -5.0]))
+    obs = np.zeros((2, 4), dtype=np.float32)
+    for j, expected in enumerate([0, 1, 0]):
+        actions, _ = model.predict(obs, deterministic=True, representative=j)
+        assert actions.tolist() == [expected, expected]
+    actions, _ = model.predict(np.zeros((3, 4), np.float32), deterministic=True, representative=np.array([0, 1, 2]))
+    assert actions.tolist() == [0, 1, 0]
+
+
+def test_truncation_is_bootstrapped_per_agent_with_the_collecting_critic() -> None:
+    # Pendulum ends by time limit at step 200; with two slots (representatives 0 and 1) both truncate
+    # on the last step of the first rollout.
+    model = RMDPPPO(
+        "MlpPolicy", lambda: make_scaled("Pendulum-v1", n_agents=3), k=2, n_envs=2, n_steps=200, batch_size=50, seed=0
+    )
+    checked = []
+
+    class Spy(BaseCallback):
+        def _on_step(self) -> bool:
+            self.infos = self.locals["infos"]
+            return True
+
+    spy = Spy()
+    original = model.rollout_buffer.add
+
+    def add(obs, action, reward, episode_start, value, log_prob):  # noqa: ANN001
+        if model.rollout_buffer.pos == 199:
+            for e, info in enumerate(spy.infos):
+                assert info["TimeLimit.truncated"]
+                terminal_obs = th.as_tensor(info["terminal_observation"][None])
+                with th.no_grad():
+                    v = model.policy.predict_values(terminal_obs, representatives=[e]).numpy()[0]
+                expected = info["agent_rewards"] + np.float32(model.gamma) * v
+                assert np.allclose(reward[e], expected, rtol=0, atol=1e-6)
+                assert not np.allclose(reward[e], info["agent_rewards"])
+                checked.append(e)
+        return original(obs, action, reward, episode_start, value, log_prob)
+
+    model.rollout_buffer.add = add  # type: ignore[method-assign]
+    model.learn(400, callback=spy)
+    assert checked == [0, 1]
+    # The assigner sees the raw returns, without the bootstrap: agent i gets (i + 1) x the pendulum return.
+    for returns in model.rollout_episode_returns:
+        assert returns.shape == (1, 3)
+        assert np.allclose(returns[0] / np.arange(1, 4), returns[0, 0], rtol=1e-5)
