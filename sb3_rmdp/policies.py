@@ -117,43 +117,44 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     # ------------------------------------------------------------------ representatives
-    def as_representatives(self, representatives: RepresentativesLike, batch_size: int) -> th.Tensor:
-        """Turn ``representatives`` into a ``long`` tensor ``(batch_size,)`` on the policy's device.
+    def as_representatives(self, representatives: RepresentativesLike, batch_size: int) -> int | th.Tensor:
+        """Resolve ``representatives`` for a batch: an int (one representative for all) or a long tensor.
 
-        :param representatives: an int (same representative for the whole batch), a sequence or tensor
-            ``(batch_size,)``, or ``None`` (allowed only when ``k == 1``).
+        A ``long`` tensor ``(batch_size,)`` is trusted as it is (the algorithm's own path, kept free of
+        device synchronization); anything else is checked.
+
+        :param representatives: an int, a sequence or tensor ``(batch_size,)``, or ``None`` (only when
+            ``k == 1``).
         :raises ValueError: on a missing index with ``k > 1``, a wrong length or an index outside ``[0, k)``.
         """
+        if isinstance(representatives, th.Tensor) and representatives.dtype == th.long:
+            if representatives.shape != (batch_size,):
+                raise ValueError(_length_error(representatives.shape[0] if representatives.ndim else 1, batch_size))
+            return representatives
         if representatives is None:
             if self.k > 1:
                 raise ValueError(
                     f"This policy has k={self.k} representatives: say which one acts, e.g. "
                     "`model.predict(obs, representative=j)` with 0 <= j < k."
                 )
-            return th.zeros(batch_size, dtype=th.long, device=self.device)
-        if isinstance(representatives, (int, np.integer)):
-            index = th.full((batch_size,), int(representatives), dtype=th.long, device=self.device)
-        else:
-            index = th.as_tensor(representatives, device=self.device).long().reshape(-1)
-            if index.numel() == 1 and batch_size != 1:
-                index = index.expand(batch_size)
-        if index.shape[0] != batch_size:
-            raise ValueError(
-                f"Got {index.shape[0]} representative indices for a batch of {batch_size} observations: "
-                "pass one index per observation, or a single int for all."
-            )
-        if self.k > 1 and index.numel() > 0:
-            low, high = int(index.min()), int(index.max())
-            if low < 0 or high >= self.k:
-                raise ValueError(f"Representative index out of range [0, {self.k}): got {low}..{high}.")
-        return index
+            return 0
+        index = np.asarray(representatives.cpu() if isinstance(representatives, th.Tensor) else representatives)
+        if index.size > 0 and (not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= self.k):
+            raise ValueError(f"Representative indices must be integers in [0, {self.k}); got {index.ravel()[:8]}.")
+        if index.ndim == 0:
+            return int(index)
+        if index.shape != (batch_size,):
+            raise ValueError(_length_error(index.shape[0], batch_size))
+        if batch_size > 0 and np.all(index == index[0]):
+            return int(index[0])
+        return th.as_tensor(index, dtype=th.long, device=self.device)
 
-    def _per_representative_linear(self, layer: nn.Linear, latent: th.Tensor, index: th.Tensor, size: int) -> th.Tensor:
-        """Apply only row block ``index[b]`` of a ``k``-block linear layer to each sample ``b``.
+    def _per_representative_linear(self, layer: nn.Linear, latent: th.Tensor, index: int | th.Tensor, size: int) -> th.Tensor:
+        """Apply only representative ``index[b]``'s row block of a ``k``-block linear layer to sample ``b``.
 
         :param layer: linear layer with ``k * size`` outputs.
         :param latent: ``(batch, in_features)``.
-        :param index: ``(batch,)`` representatives.
+        :param index: one representative (int) or one per sample ``(batch,)``.
         :param size: outputs per representative.
         :return: ``(batch, size)``.
         """
@@ -161,9 +162,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return layer(latent)
         weight = layer.weight.view(self.k, size, -1)
         bias = layer.bias.view(self.k, size)
-        if index.numel() > 0 and bool((index == index[0]).all()):
-            j = int(index[0])
-            return F.linear(latent, weight[j], bias[j])
+        if isinstance(index, int):
+            return F.linear(latent, weight[index], bias[index])
         return th.baddbmm(bias[index].unsqueeze(-1), weight[index], latent.unsqueeze(-1)).squeeze(-1)
 
     # ------------------------------------------------------------------ SB3 API with representatives
@@ -184,7 +184,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         head = self._per_representative_linear(self.action_net, latent_pi, index, self.action_head_size)
         if isinstance(self.action_dist, DiagGaussianDistribution):
             # k == 1 keeps SB3's broadcast of one log-std row (bitwise the same gradients).
-            log_std = self.log_std[0] if self.k == 1 else self.log_std[index]
+            log_std = self.log_std[0] if self.k == 1 else self.log_std[index]  # (action_dim,) or (batch, action_dim)
             return self.action_dist.proba_distribution(head, log_std)
         return self.action_dist.proba_distribution(action_logits=head)  # type: ignore[call-arg]
 
@@ -247,8 +247,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.set_training_mode(False)
         obs_tensor, vectorized_env = self.obs_to_tensor(observation)
         batch_size = next(iter(obs_tensor.values())).shape[0] if isinstance(obs_tensor, dict) else obs_tensor.shape[0]
+        index = self.as_representatives(representative, batch_size)
         with th.no_grad():
-            index = self.as_representatives(representative, batch_size)
             actions_tensor = self._predict(obs_tensor, deterministic=deterministic, representatives=index)
         actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
         if isinstance(self.action_space, spaces.Box):
@@ -256,6 +256,13 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if not vectorized_env:
             actions = actions.squeeze(axis=0)
         return actions, state
+
+
+def _length_error(got: int, batch_size: int) -> str:
+    return (
+        f"Got {got} representative indices for a batch of {batch_size} observations: "
+        "pass one index per observation, or a single int for all."
+    )
 
 
 MlpPolicy = MultiRepresentativePolicy

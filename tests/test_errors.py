@@ -64,5 +64,5 @@ def test_predict_without_a_representative_when_k_is_above_one() -> None:
     obs = np.zeros((1, 4), dtype=np.float32)
     with pytest.raises(ValueError, match="representative=j"):
         model.predict(obs)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"integers in \[0, 2\)"):
         model.predict(obs, representative=2)
