@@ -10,6 +10,8 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_rmdp.policies import RepresentativeGroups
+
 
 def slot_representatives(n_envs: int, k: int) -> np.ndarray:
     """The representative driving each env slot for the whole run: slot ``e`` -> ``e % k``.
@@ -21,7 +23,8 @@ def slot_representatives(n_envs: int, k: int) -> np.ndarray:
 
 class RMDPRolloutBufferSamples(NamedTuple):
     """A minibatch. Shapes: observations ``(B, *obs_shape)``, actions ``(B, action_dim)``,
-    old_values / advantages / returns ``(B, n_agents)``, old_log_prob ``(B,)``, representatives ``(B,)``."""
+    old_values / advantages / returns ``(B, n_agents)``, old_log_prob ``(B,)``; representatives: each
+    sample's representative ``(B,)`` with the samples grouped (sorted) by representative."""
 
     observations: th.Tensor
     actions: th.Tensor
@@ -29,7 +32,7 @@ class RMDPRolloutBufferSamples(NamedTuple):
     old_log_prob: th.Tensor
     advantages: th.Tensor
     returns: th.Tensor
-    representatives: th.Tensor
+    representatives: RepresentativeGroups
 
 
 class RMDPRolloutBuffer(RolloutBuffer):
@@ -132,6 +135,12 @@ class RMDPRolloutBuffer(RolloutBuffer):
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
     ) -> RMDPRolloutBufferSamples:
+        sample_representatives = self.sample_representatives[batch_inds]
+        if self.k > 1:
+            # Group the minibatch by representative (the loss is a mean: order does not matter), so the
+            # policy runs one matrix product per representative with no permutation.
+            order = np.argsort(sample_representatives, kind="stable")
+            batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
         data = (
             self.observations[batch_inds],
             self.actions[batch_inds].astype(np.float32, copy=False),
@@ -141,5 +150,9 @@ class RMDPRolloutBuffer(RolloutBuffer):
             self.returns[batch_inds],
         )
         tensors = tuple(map(self.to_torch, data))
-        representatives = th.as_tensor(self.sample_representatives[batch_inds], device=self.device)
+        representatives = RepresentativeGroups(
+            index=th.as_tensor(sample_representatives, device=self.device),
+            order=None,
+            counts=np.bincount(sample_representatives, minlength=self.k).tolist(),
+        )
         return RMDPRolloutBufferSamples(*tensors, representatives=representatives)

@@ -14,6 +14,7 @@ bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -32,7 +33,29 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn import functional as F
 
-RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | None
+
+@dataclass(frozen=True)
+class RepresentativeGroups:
+    """A batch's representatives, grouped so that each group runs one small matrix product.
+
+    :param index: ``(batch,)`` representative of each sample.
+    :param order: permutation ``(batch,)`` that sorts the samples by representative, or ``None`` if
+        they are sorted already (the buffer sorts every minibatch).
+    :param counts: samples per representative, length k.
+    """
+
+    index: th.Tensor
+    order: th.Tensor | None
+    counts: list[int]
+
+    @classmethod
+    def of(cls, index: th.Tensor, k: int) -> RepresentativeGroups:
+        is_sorted = index.numel() < 2 or bool((index[1:] >= index[:-1]).all())
+        order = None if is_sorted else th.argsort(index, stable=True)
+        return cls(index, order, th.bincount(index, minlength=k).tolist())
+
+
+RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | RepresentativeGroups | None
 
 
 class MultiRepresentativePolicy(ActorCriticPolicy):
@@ -117,20 +140,22 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     # ------------------------------------------------------------------ representatives
-    def as_representatives(self, representatives: RepresentativesLike, batch_size: int) -> int | th.Tensor:
-        """Resolve ``representatives`` for a batch: an int (one representative for all) or a long tensor.
+    def as_representatives(self, representatives: RepresentativesLike, batch_size: int) -> int | RepresentativeGroups:
+        """Resolve ``representatives`` for a batch: an int (one representative for all) or groups.
 
-        A ``long`` tensor ``(batch_size,)`` is trusted as it is (the algorithm's own path, kept free of
-        device synchronization); anything else is checked.
+        A ``long`` tensor ``(batch_size,)`` is trusted as it is (the algorithm's own path); anything
+        else is checked.
 
         :param representatives: an int, a sequence or tensor ``(batch_size,)``, or ``None`` (only when
             ``k == 1``).
         :raises ValueError: on a missing index with ``k > 1``, a wrong length or an index outside ``[0, k)``.
         """
+        if isinstance(representatives, RepresentativeGroups):
+            return representatives
         if isinstance(representatives, th.Tensor) and representatives.dtype == th.long:
             if representatives.shape != (batch_size,):
                 raise ValueError(_length_error(representatives.shape[0] if representatives.ndim else 1, batch_size))
-            return representatives
+            return 0 if self.k == 1 else RepresentativeGroups.of(representatives, self.k)
         if representatives is None:
             if self.k > 1:
                 raise ValueError(
@@ -147,14 +172,19 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             raise ValueError(_length_error(index.shape[0], batch_size))
         if batch_size > 0 and np.all(index == index[0]):
             return int(index[0])
-        return th.as_tensor(index, dtype=th.long, device=self.device)
+        return RepresentativeGroups.of(th.as_tensor(index, dtype=th.long, device=self.device), self.k)
 
-    def _per_representative_linear(self, layer: nn.Linear, latent: th.Tensor, index: int | th.Tensor, size: int) -> th.Tensor:
-        """Apply only representative ``index[b]``'s row block of a ``k``-block linear layer to sample ``b``.
+    def _per_representative_linear(
+        self, layer: nn.Linear, latent: th.Tensor, groups: int | RepresentativeGroups, size: int
+    ) -> th.Tensor:
+        """Apply to each sample only its representative's row block of a ``k``-block linear layer.
+
+        One matrix product per representative present in the batch: no sample ever evaluates the
+        other representatives' rows, and the backward pass is a plain slice copy (no scatter-add).
 
         :param layer: linear layer with ``k * size`` outputs.
         :param latent: ``(batch, in_features)``.
-        :param index: one representative (int) or one per sample ``(batch,)``.
+        :param groups: one representative (int) for the whole batch, or the batch's groups.
         :param size: outputs per representative.
         :return: ``(batch, size)``.
         """
@@ -162,9 +192,14 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return layer(latent)
         weight = layer.weight.view(self.k, size, -1)
         bias = layer.bias.view(self.k, size)
-        if isinstance(index, int):
-            return F.linear(latent, weight[index], bias[index])
-        return th.baddbmm(bias[index].unsqueeze(-1), weight[index], latent.unsqueeze(-1)).squeeze(-1)
+        if isinstance(groups, int):
+            return F.linear(latent, weight[groups], bias[groups])
+        ordered = latent if groups.order is None else latent[groups.order]
+        chunks = ordered.split(groups.counts)
+        out = th.cat([F.linear(chunk, weight[j], bias[j]) for j, chunk in enumerate(chunks) if groups.counts[j] > 0])
+        if groups.order is None:
+            return out
+        return th.empty_like(out).index_copy(0, groups.order, out)
 
     # ------------------------------------------------------------------ SB3 API with representatives
     def _latents(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
@@ -183,8 +218,12 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         index = self.as_representatives(representatives, latent_pi.shape[0])
         head = self._per_representative_linear(self.action_net, latent_pi, index, self.action_head_size)
         if isinstance(self.action_dist, DiagGaussianDistribution):
-            # k == 1 keeps SB3's broadcast of one log-std row (bitwise the same gradients).
-            log_std = self.log_std[0] if self.k == 1 else self.log_std[index]  # (action_dim,) or (batch, action_dim)
+            if self.k == 1:
+                log_std = self.log_std[0]  # SB3's broadcast of one row: bitwise SB3's gradients
+            elif isinstance(index, int):
+                log_std = self.log_std[index]
+            else:
+                log_std = self.log_std[index.index]  # (batch, action_dim)
             return self.action_dist.proba_distribution(head, log_std)
         return self.action_dist.proba_distribution(action_logits=head)  # type: ignore[call-arg]
 
@@ -202,8 +241,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         :return: actions ``(batch, *action_shape)``, values ``(batch, n_agents)``, log-probabilities ``(batch,)``.
         """
         latent_pi, latent_vf = self._latents(obs)
-        values = self._values_from_latent(latent_vf, representatives)
-        distribution = self._get_action_dist_from_latent(latent_pi, representatives)
+        groups = self.as_representatives(representatives, latent_pi.shape[0])
+        values = self._values_from_latent(latent_vf, groups)
+        distribution = self._get_action_dist_from_latent(latent_pi, groups)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
@@ -214,9 +254,10 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values ``(batch, n_agents)``, log-likelihood ``(batch,)`` and entropy ``(batch,)`` of ``actions``."""
         latent_pi, latent_vf = self._latents(obs)
-        distribution = self._get_action_dist_from_latent(latent_pi, representatives)
+        groups = self.as_representatives(representatives, latent_pi.shape[0])
+        distribution = self._get_action_dist_from_latent(latent_pi, groups)
         log_prob = distribution.log_prob(actions)
-        values = self._values_from_latent(latent_vf, representatives)
+        values = self._values_from_latent(latent_vf, groups)
         return values, log_prob, distribution.entropy()
 
     def get_distribution(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> Distribution:  # type: ignore[override]

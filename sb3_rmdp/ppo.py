@@ -20,7 +20,7 @@ from sb3_rmdp.assigners import Assigner, make_assigner
 from sb3_rmdp.buffers import RMDPRolloutBuffer, slot_representatives
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
-from sb3_rmdp.policies import MultiRepresentativePolicy
+from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
 
 SelfRMDPPPO = TypeVar("SelfRMDPPPO", bound="RMDPPPO")
 
@@ -168,7 +168,8 @@ class RMDPPPO(PPO):
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "n_agents": self.n_agents, "k": self.k}
         super()._setup_model()
         self.assigner.bind(self.n_agents, self.k, self.agent_params, seed=self.seed, device=self.device)
-        self._slot_representatives = th.as_tensor(slot_representatives(self.n_envs, self.k), device=self.device)
+        slots = slot_representatives(self.n_envs, self.k)
+        self._slot_representatives = RepresentativeGroups.of(th.as_tensor(slots, device=self.device), self.k)
         if getattr(self, "_episode_agent_returns", None) is None or self._episode_agent_returns.shape != (
             self.n_envs,
             self.n_agents,
@@ -245,7 +246,7 @@ class RMDPPPO(PPO):
         rollout_buffer.reset()
         callback.on_rollout_start()
         representatives = self._slot_representatives
-        slot_reps = representatives.cpu().numpy()
+        slot_reps = representatives.index.cpu().numpy()
         finished: list[list[np.ndarray]] = [[] for _ in range(self.k)]
 
         while n_steps < n_rollout_steps:
@@ -279,7 +280,7 @@ class RMDPPPO(PPO):
                     terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                     with th.no_grad():
                         terminal_values = self.policy.predict_values(
-                            terminal_obs, representatives=representatives[idx : idx + 1]
+                            terminal_obs, representatives=int(slot_reps[idx])
                         )[0]
                     agent_rewards[idx] += self.gamma * terminal_values.cpu().numpy()
 
@@ -312,7 +313,7 @@ class RMDPPPO(PPO):
         """``sum_i alpha[i, j_b] A^{i j_b}_b`` for each sample b, normalized per representative.
 
         :param advantages: ``(batch, n_agents)`` per-agent advantages.
-        :param representatives: ``(batch,)`` each sample's representative ``j_b``.
+        :param representatives: ``(batch,)`` long, each sample's representative ``j_b``.
         :return: ``(batch,)``; differentiable w.r.t. the assignment when the assigner learns it.
         """
         alpha = self.assigner.weights()
@@ -353,7 +354,7 @@ class RMDPPPO(PPO):
                 values, log_prob, entropy = self.policy.evaluate_actions(
                     rollout_data.observations, actions, representatives=representatives
                 )
-                advantages = self.marginal_advantages(rollout_data.advantages, representatives)
+                advantages = self.marginal_advantages(rollout_data.advantages, representatives.index)
 
                 ratio = th.exp(log_prob - rollout_data.old_log_prob)
                 policy_loss_1 = advantages * ratio

@@ -67,8 +67,12 @@ def test_samples_carry_their_slot_representative() -> None:
         buffer.add(obs, np.zeros((n_envs, 1)), np.zeros((n_envs, n_agents)), np.zeros(n_envs), th.zeros(n_envs, n_agents), th.zeros(n_envs))
     buffer.compute_returns_and_advantage(th.zeros(n_envs, n_agents), np.zeros(n_envs, dtype=bool))
     batches = list(buffer.get(batch_size=7))
-    assert sum(len(b.representatives) for b in batches) == n_steps * n_envs
+    assert sum(len(b.representatives.index) for b in batches) == n_steps * n_envs
     for batch in batches:
         slots = batch.observations[:, 0].long()
-        assert th.equal(batch.representatives, slots % k)
+        index = batch.representatives.index
+        assert th.equal(index, slots % k)
+        # Grouped for the policy: sorted by representative, with the group sizes.
+        assert th.equal(index, th.sort(index).values)
+        assert batch.representatives.counts == th.bincount(index, minlength=k).tolist()
         assert batch.advantages.shape == (len(slots), n_agents)
