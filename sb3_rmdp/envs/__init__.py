@@ -12,11 +12,17 @@ from sb3_rmdp.envs.contract import (
 )
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, make_rmdp_vec_env
 
-if "sb3_rmdp/ResourceGathering-v0" not in registry:
-    register(
-        id="sb3_rmdp/ResourceGathering-v0",
-        entry_point="sb3_rmdp.envs.resource_gathering:ResourceGathering",
-    )
+# Reward vectors are the contract: gymnasium's passive checker (scalar rewards) does not apply.
+_ENVS = {
+    "sb3_rmdp/ResourceGathering-v0": "sb3_rmdp.envs.resource_gathering:ResourceGathering",
+    "sb3_rmdp/HalfCheetahVelocity-v0": "sb3_rmdp.envs.velocity:half_cheetah_velocity",
+    "sb3_rmdp/AntVelocity-v0": "sb3_rmdp.envs.velocity:ant_velocity",
+    "sb3_rmdp/HopperVelocity-v0": "sb3_rmdp.envs.velocity:hopper_velocity",
+    "sb3_rmdp/Walker2dVelocity-v0": "sb3_rmdp.envs.velocity:walker2d_velocity",
+}
+for _env_id, _entry_point in _ENVS.items():
+    if _env_id not in registry:
+        register(id=_env_id, entry_point=_entry_point, disable_env_checker=True)
 
 __all__ = [
     "AGENT_REWARDS_KEY",

@@ -1,0 +1,223 @@
+"""Throughput of RMDPPPO against stock SB3 PPO: env steps per second and peak memory, side by side.
+
+For every configuration both algorithms train on the same r-MDP env (SB3's PPO sees the agents'
+mean reward), with the same number of env slots, network, ``n_steps``, minibatch size, epochs and
+budget. Each run is its own process (so its peak RSS is its own), with one torch thread; runs of the
+two algorithms alternate, and the figures are medians over ``--repeats``.
+
+    python benchmarks/throughput.py                       # the default grid (about 15 min on 2 cores)
+    python benchmarks/throughput.py --quick               # a smoke run
+    python benchmarks/throughput.py --configs hc-100-5    # one configuration
+
+Writes ``benchmarks/results/throughput.{csv,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    env: str
+    n_agents: int
+    k: int
+    n_envs: int
+    n_steps: int
+    rollouts: int = 3
+
+    @property
+    def budget(self) -> int:
+        return self.n_envs * self.n_steps * self.rollouts
+
+
+HC = "sb3_rmdp/HalfCheetahVelocity-v0"
+RG = "sb3_rmdp/ResourceGathering-v0"
+CONFIGS = [
+    Config("hc-1-1", HC, 1, 1, 4, 1024),
+    Config("hc-100-1", HC, 100, 1, 4, 1024),
+    Config("hc-100-5", HC, 100, 5, 5, 1024),
+    Config("hc-1000-5", HC, 1000, 5, 5, 1024),
+    Config("hc-1000-50", HC, 1000, 50, 50, 128),
+    Config("rg-25-3", RG, 25, 3, 3, 512),
+]
+
+
+def run_single(config: Config, algorithm: str, seed: int) -> dict[str, float]:
+    """Train one algorithm once in this process; return its wall time, steps/s and peak RSS."""
+    import torch as th
+
+    th.set_num_threads(1)
+    from stable_baselines3 import PPO
+
+    from sb3_rmdp import RMDPPPO
+    from sb3_rmdp.envs import make_rmdp_vec_env
+
+    env_kwargs = {} if config.env == RG else {"n_agents": config.n_agents, "seed": seed}
+    vec_env = make_rmdp_vec_env(config.env, n_envs=config.n_envs, seed=seed, env_kwargs=env_kwargs)
+    common = dict(n_steps=config.n_steps, batch_size=64, n_epochs=10, seed=seed, device="cpu")
+    if algorithm == "rmdp":
+        model = RMDPPPO("MlpPolicy", vec_env, k=config.k, **common)
+    else:
+        model = PPO("MlpPolicy", vec_env, **common)
+    start = time.perf_counter()
+    model.learn(config.budget)
+    wall = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"wall_s": wall, "steps_per_s": config.budget / wall, "peak_rss_mb": peak_kb / 1024}
+
+
+def run_in_subprocess(config: Config, algorithm: str, seed: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--single", config.name, algorithm, str(seed)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import mujoco
+    import numpy
+    import stable_baselines3
+    import torch
+
+    import sb3_rmdp
+
+    return {
+        "python": sys.version.split()[0],
+        "sb3_rmdp": sb3_rmdp.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def machine() -> dict[str, object]:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": "none (CPU run)"}
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{r['config']}\nn={r['n_agents']} k={r['k']}" for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    x = range(len(rows))
+    left.bar([i - 0.2 for i in x], [float(r["steps_per_s_sb3"]) for r in rows], 0.4, label="SB3 PPO")  # type: ignore[arg-type]
+    left.bar([i + 0.2 for i in x], [float(r["steps_per_s_rmdp"]) for r in rows], 0.4, label="RMDPPPO")  # type: ignore[arg-type]
+    left.set_xticks(list(x), names, fontsize=7)
+    left.set_ylabel("env steps / s (median)")
+    left.legend()
+    right.bar(list(x), [float(r["ratio"]) for r in rows], color="tab:green")  # type: ignore[arg-type]
+    right.axhline(1.0, color="k", lw=0.8)
+    right.set_xticks(list(x), names, fontsize=7)
+    right.set_ylabel("RMDPPPO / SB3 PPO steps per second")
+    fig.suptitle("Throughput, one torch thread, same env slots, network and budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="*", default=[c.name for c in CONFIGS], help="configuration names")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per algorithm and configuration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="one repeat, one rollout each (smoke run)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput")
+    parser.add_argument("--single", nargs=3, metavar=("CONFIG", "ALGORITHM", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    by_name = {c.name: c for c in CONFIGS}
+
+    if args.single:
+        name, algorithm, seed = args.single
+        print(json.dumps(run_single(by_name[name], algorithm, int(seed))))
+        return
+
+    started = time.time()
+    rows = []
+    for name in args.configs:
+        config = by_name[name]
+        if args.quick:
+            config = Config(config.name, config.env, config.n_agents, config.k, config.n_envs, config.n_steps, 1)
+            by_name[name] = config
+        runs: dict[str, list[dict[str, float]]] = {"rmdp": [], "sb3": []}
+        for repeat in range(1 if args.quick else args.repeats):
+            order = ("rmdp", "sb3") if repeat % 2 == 0 else ("sb3", "rmdp")
+            for algorithm in order:
+                runs[algorithm].append(run_in_subprocess(config, algorithm, args.seed))
+        ratios = [r["steps_per_s"] / s["steps_per_s"] for r, s in zip(runs["rmdp"], runs["sb3"])]
+        row = {
+            "config": name,
+            "env": config.env,
+            "n_agents": config.n_agents,
+            "k": config.k,
+            "n_envs": config.n_envs,
+            "n_steps": config.n_steps,
+            "budget": config.budget,
+            "repeats": len(ratios),
+            "steps_per_s_rmdp": round(median([r["steps_per_s"] for r in runs["rmdp"]]), 1),
+            "steps_per_s_sb3": round(median([r["steps_per_s"] for r in runs["sb3"]]), 1),
+            "ratio": round(median(ratios), 3),
+            "peak_rss_mb": round(median([r["peak_rss_mb"] for r in runs["rmdp"]]), 1),
+            "peak_rss_mb_sb3": round(median([r["peak_rss_mb"] for r in runs["sb3"]]), 1),
+            "wall_s_rmdp": round(median([r["wall_s"] for r in runs["rmdp"]]), 2),
+            "wall_s_sb3": round(median([r["wall_s"] for r in runs["sb3"]]), 2),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "versions": versions(),
+        "seed": args.seed,
+        "torch_threads": 1,
+        "wall_s": round(time.time() - started, 1),
+        "configs": [asdict(by_name[n]) for n in args.configs],
+        "notes": "median over repeats; ratio = median of per-repeat ratios (RMDPPPO / SB3 PPO steps per second); "
+        "peak_rss_mb is RMDPPPO's process peak resident memory.",
+    }
+    with open(args.out.with_suffix(".json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out.with_suffix('.csv')}, .json and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Velocity populations: n agents on one MuJoCo robot, each wanting its own forward speed (paper section 4.2).
+
+Agent i has a target velocity ``v_i ~ U[0, b]`` drawn from ``seed``; per step it gets
+``0.1 * clip(1 - |x_velocity - v_i| / w, 0, 1)`` with ``w = b / 20``, so tracking its target for the
+1000 steps of an episode gives 100. The base env's reward is discarded (control and contact costs
+off); Hopper and Walker2d keep their fall termination. ``agent_params`` are the targets ``(n, 1)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+#: upper end b of the target range of each robot, as in the paper and its reference code
+TARGET_RANGES: dict[str, float] = {
+    "HalfCheetah-v5": 4.0,
+    "Ant-v5": 3.0,
+    "Hopper-v5": 2.5,
+    "Walker2d-v5": 2.5,
+}
+
+#: keyword arguments that turn off the base reward's costs (the base reward itself is discarded)
+_BASE_KWARGS: dict[str, dict[str, Any]] = {
+    "HalfCheetah-v5": {"ctrl_cost_weight": 0.0},
+    "Ant-v5": {"ctrl_cost_weight": 0.0, "contact_cost_weight": 0.0, "healthy_z_range": (0.4, 1.0)},
+    "Hopper-v5": {"ctrl_cost_weight": 0.0},
+    "Walker2d-v5": {"ctrl_cost_weight": 0.0},
+}
+
+# MuJoCo 4 warns that HalfCheetah's model file uses a deprecated compiler attribute; gymnasium's file,
+# not ours, and harmless. Only this message is silenced, only while our envs load.
+_KNOWN_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextlib.contextmanager
+def _quiet_known_mujoco_warnings() -> Iterator[None]:
+    """Swallow MuJoCo's known model-file deprecation warning (and its MUJOCO_LOG.TXT); re-raise others."""
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if not any(known in message for known in _KNOWN_MUJOCO_WARNINGS):
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+def velocity_targets(n_agents: int, b: float, seed: int = 0) -> np.ndarray:
+    """Target velocities ``(n_agents,)`` drawn uniformly from ``[0, b]`` by their own generator."""
+    return np.random.default_rng(seed).uniform(0.0, b, size=n_agents)
+
+
+def velocity_rewards(x_velocity: float, targets: np.ndarray, b: float) -> np.ndarray:
+    """Every agent's reward for one step at forward speed ``x_velocity``.
+
+    :param targets: ``(n_agents,)``.
+    :return: ``(n_agents,)`` float32 in ``[0, 0.1]``.
+    """
+    width = b / 20.0
+    return (0.1 * np.clip(1.0 - np.abs(x_velocity - targets) / width, 0.0, 1.0)).astype(np.float32)
+
+
+class VelocityPopulation(gym.Wrapper):
+    """An r-MDP over a MuJoCo env: ``n_agents`` agents, each rewarded for moving at its target speed.
+
+    :param env: a MuJoCo env whose ``info`` carries ``x_velocity``.
+    :param b: targets lie in ``[0, b]``; the reward's width is ``b / 20``.
+    :param n_agents: population size (ignored if ``targets`` is given).
+    :param seed: seed of the targets' generator.
+    :param targets: explicit targets ``(n_agents,)`` instead of drawing them.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        b: float,
+        n_agents: int = 100,
+        seed: int = 0,
+        targets: np.ndarray | None = None,
+    ):
+        super().__init__(env)
+        if targets is None:
+            if n_agents < 1:
+                raise ValueError(f"n_agents={n_agents}: a population needs at least one agent.")
+            targets = velocity_targets(n_agents, b, seed)
+        self.b = float(b)
+        self.targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+        self.n_agents = len(self.targets)
+        self.agent_params = self.targets[:, None]
+        self.reward_space = spaces.Box(0.0, 0.1, shape=(self.n_agents,), dtype=np.float32)
+
+    def step(self, action: Any) -> tuple[Any, np.ndarray, bool, bool, dict[str, Any]]:
+        obs, _, terminated, truncated, info = self.env.step(action)
+        return obs, velocity_rewards(info["x_velocity"], self.targets, self.b), terminated, truncated, info
+
+
+def make_velocity_env(base_id: str, n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
+    """A velocity population over gymnasium's ``base_id`` (one of :data:`TARGET_RANGES`).
+
+    :param kwargs: extra keyword arguments for the base env (on top of the cost-free defaults).
+    """
+    if base_id not in TARGET_RANGES:
+        raise ValueError(f"No velocity population for {base_id!r}; choose one of {sorted(TARGET_RANGES)}.")
+    with _quiet_known_mujoco_warnings():
+        env = gym.make(base_id, **{**_BASE_KWARGS[base_id], **kwargs})
+    return VelocityPopulation(env, TARGET_RANGES[base_id], n_agents=n_agents, seed=seed)
+
+
+def half_cheetah_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
+    """``sb3_rmdp/HalfCheetahVelocity-v0``: targets in [0, 4]."""
+    return make_velocity_env("HalfCheetah-v5", n_agents, seed, **kwargs)
+
+
+def ant_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
+    """``sb3_rmdp/AntVelocity-v0``: targets in [0, 3], ``healthy_z_range=(0.4, 1)``."""
+    return make_velocity_env("Ant-v5", n_agents, seed, **kwargs)
+
+
+def hopper_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
+    """``sb3_rmdp/HopperVelocity-v0``: targets in [0, 2.5], falls end the episode."""
+    return make_velocity_env("Hopper-v5", n_agents, seed, **kwargs)
+
+
+def walker2d_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
+    """``sb3_rmdp/Walker2dVelocity-v0``: targets in [0, 2.5], falls end the episode."""
+    return make_velocity_env("Walker2d-v5", n_agents, seed, **kwargs)

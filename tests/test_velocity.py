@@ -1,0 +1,68 @@
+"""Velocity populations over MuJoCo: the reward formula, seeding, registration, no MuJoCo noise."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import sb3_rmdp  # noqa: F401  (registers the envs)
+from sb3_rmdp.envs import AgentRewardsWrapper, agent_params_of, n_agents_of
+from sb3_rmdp.envs.velocity import TARGET_RANGES, velocity_rewards, velocity_targets
+
+
+def test_each_agent_reward_matches_the_formula_on_recorded_velocities() -> None:
+    env = gym.make("sb3_rmdp/HalfCheetahVelocity-v0", n_agents=50, seed=3)
+    targets = agent_params_of(env)[:, 0]
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        _, rewards, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        v = info["x_velocity"]
+        expected = 0.1 * np.clip(1 - np.abs(v - targets) / (4.0 / 20), 0, 1)
+        assert rewards.shape == (50,)
+        assert np.allclose(rewards, expected, atol=1e-7)
+        assert not (terminated or truncated)
+
+
+def test_tracking_the_target_all_episode_gives_100() -> None:
+    targets = np.array([1.0, 2.0, 2.1, 3.5])
+    per_step = velocity_rewards(2.0, targets, b=4.0)
+    assert np.allclose(per_step, [0.0, 0.1, 0.05, 0.0])
+    assert np.isclose(1000 * per_step[1], 100.0)
+
+
+def test_targets_are_uniform_seeded_and_in_range() -> None:
+    for base_id, b in TARGET_RANGES.items():
+        targets = velocity_targets(2000, b, seed=1)
+        assert targets.min() >= 0 and targets.max() <= b
+        assert abs(targets.mean() - b / 2) < 0.05 * b
+    assert np.array_equal(velocity_targets(10, 4.0, seed=2), velocity_targets(10, 4.0, seed=2))
+    assert not np.array_equal(velocity_targets(10, 4.0, seed=2), velocity_targets(10, 4.0, seed=3))
+
+
+@pytest.mark.parametrize("env_id", ["sb3_rmdp/HalfCheetahVelocity-v0", "sb3_rmdp/AntVelocity-v0", "sb3_rmdp/HopperVelocity-v0", "sb3_rmdp/Walker2dVelocity-v0"])
+def test_registered_populations_are_r_mdps(env_id: str) -> None:
+    env = gym.make(env_id, n_agents=7, seed=0)
+    assert n_agents_of(env) == 7
+    assert agent_params_of(env).shape == (7, 1)
+    wrapped = AgentRewardsWrapper(env)
+    wrapped.reset(seed=0)
+    _, reward, *_, info = wrapped.step(wrapped.action_space.sample())
+    assert isinstance(reward, float) and np.isclose(reward, info["agent_rewards"].mean())
+
+
+def test_halfcheetah_loads_without_mujoco_warnings_or_log_file(tmp_path, capfd) -> None:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            gym.make("sb3_rmdp/HalfCheetahVelocity-v0", n_agents=3).reset(seed=0)
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert "settotalmass" not in capfd.readouterr().err
