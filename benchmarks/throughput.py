@@ -81,7 +81,9 @@ def run_single(config: Config, algorithm: str, seed: int) -> dict[str, float]:
 
 def run_in_subprocess(config: Config, algorithm: str, seed: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--single", config.name, algorithm, str(seed)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -148,7 +150,9 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", nargs="*", default=[c.name for c in CONFIGS], help="configuration names")
     parser.add_argument("--repeats", type=int, default=3, help="runs per algorithm and configuration")
     parser.add_argument("--seed", type=int, default=0)
@@ -168,7 +172,9 @@ def main() -> None:
     for name in args.configs:
         config = by_name[name]
         if args.quick:
-            config = Config(config.name, config.env, config.n_agents, config.k, config.n_envs, config.n_steps, 1)
+            config = Config(
+                config.name, config.env, config.n_agents, config.k, config.n_envs, config.n_steps, 1
+            )
             by_name[name] = config
         runs: dict[str, list[dict[str, float]]] = {"rmdp": [], "sb3": []}
         for repeat in range(1 if args.quick else args.repeats):
@@ -210,7 +216,8 @@ def main() -> None:
         "torch_threads": 1,
         "wall_s": round(time.time() - started, 1),
         "configs": [asdict(by_name[n]) for n in args.configs],
-        "notes": "median over repeats; ratio = median of per-repeat ratios (RMDPPPO / SB3 PPO steps per second); "
+        "notes": "median over repeats; ratio = median of per-repeat ratios "
+        "(RMDPPPO / SB3 PPO steps per second); "
         "peak_rss_mb is RMDPPPO's process peak resident memory.",
     }
     with open(args.out.with_suffix(".json"), "w") as f:

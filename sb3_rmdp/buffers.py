@@ -80,7 +80,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
         # Samples are flattened env-major by `swap_and_flatten`: sample e * n_steps + t is slot e.
         self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
 
-    def add(  # type: ignore[override]
+    def add(
         self,
         obs: np.ndarray,
         action: np.ndarray,
@@ -149,10 +149,12 @@ class RMDPRolloutBuffer(RolloutBuffer):
             self.advantages[batch_inds],
             self.returns[batch_inds],
         )
-        tensors = tuple(map(self.to_torch, data))
+        observations, actions, old_values, old_log_prob, advantages, returns = map(self.to_torch, data)
         representatives = RepresentativeGroups(
             index=th.as_tensor(sample_representatives, device=self.device),
             order=None,
             counts=np.bincount(sample_representatives, minlength=self.k).tolist(),
         )
-        return RMDPRolloutBufferSamples(*tensors, representatives=representatives)
+        return RMDPRolloutBufferSamples(
+            observations, actions, old_values, old_log_prob, advantages, returns, representatives
+        )

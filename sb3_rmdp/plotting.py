@@ -63,8 +63,15 @@ def plot_grid_paths(
     ax.text(home[1], home[0], "H", ha="center", va="center", fontsize=14, fontweight="bold")
     for j, path in enumerate(paths):
         offset = (j - (k - 1) / 2) * 0.5 / max(k, 1)
-        ax.plot(path[:, 1] + offset, path[:, 0] + offset, "-o", color=colors(j % 10), ms=3, lw=2,
-                label=f"representative {j} (T={len(path) - 1})")
+        ax.plot(
+            path[:, 1] + offset,
+            path[:, 0] + offset,
+            "-o",
+            color=colors(j % 10),
+            ms=3,
+            lw=2,
+            label=f"representative {j} (T={len(path) - 1})",
+        )
     ax.set_xlim(-0.5, size - 0.5)
     ax.set_ylim(size - 0.5, -0.5)
     ax.set_xticks(range(size))
@@ -74,4 +81,4 @@ def plot_grid_paths(
     if title:
         ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.05), fontsize=7, ncol=1, frameon=False)
-    return fig  # type: ignore[return-value]
+    return fig

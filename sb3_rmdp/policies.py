@@ -67,6 +67,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     :param n_agents: number of agents, ``n_agents >= 1``; the critic outputs ``(batch, n_agents)``.
     """
 
+    action_net: nn.Linear
+    value_net: nn.Linear
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -122,7 +125,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.action_head_size = self._action_head_size()
         self.action_net = nn.Linear(latent_dim_pi, self.k * self.action_head_size)
         if isinstance(self.action_dist, DiagGaussianDistribution):
-            self.log_std = nn.Parameter(th.ones(self.k, self.action_head_size) * self.log_std_init, requires_grad=True)
+            self.log_std = nn.Parameter(
+                th.ones(self.k, self.action_head_size) * self.log_std_init, requires_grad=True
+            )
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.k * self.n_agents)
         if self.ortho_init:
             module_gains = {
@@ -140,7 +145,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     # ------------------------------------------------------------------ representatives
-    def as_representatives(self, representatives: RepresentativesLike, batch_size: int) -> int | RepresentativeGroups:
+    def as_representatives(
+        self, representatives: RepresentativesLike, batch_size: int
+    ) -> int | RepresentativeGroups:
         """Resolve ``representatives`` for a batch: an int (one representative for all) or groups.
 
         A ``long`` tensor ``(batch_size,)`` is trusted as it is (the algorithm's own path); anything
@@ -154,7 +161,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return representatives
         if isinstance(representatives, th.Tensor) and representatives.dtype == th.long:
             if representatives.shape != (batch_size,):
-                raise ValueError(_length_error(representatives.shape[0] if representatives.ndim else 1, batch_size))
+                raise ValueError(
+                    _length_error(representatives.shape[0] if representatives.ndim else 1, batch_size)
+                )
             return 0 if self.k == 1 else RepresentativeGroups.of(representatives, self.k)
         if representatives is None:
             if self.k > 1:
@@ -163,9 +172,15 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                     "`model.predict(obs, representative=j)` with 0 <= j < k."
                 )
             return 0
-        index = np.asarray(representatives.cpu() if isinstance(representatives, th.Tensor) else representatives)
-        if index.size > 0 and (not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= self.k):
-            raise ValueError(f"Representative indices must be integers in [0, {self.k}); got {index.ravel()[:8]}.")
+        index = np.asarray(
+            representatives.cpu() if isinstance(representatives, th.Tensor) else representatives
+        )
+        if index.size > 0 and (
+            not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= self.k
+        ):
+            raise ValueError(
+                f"Representative indices must be integers in [0, {self.k}); got {index.ravel()[:8]}."
+            )
         if index.ndim == 0:
             return int(index)
         if index.shape != (batch_size,):
@@ -196,7 +211,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return F.linear(latent, weight[groups], bias[groups])
         ordered = latent if groups.order is None else latent[groups.order]
         chunks = ordered.split(groups.counts)
-        out = th.cat([F.linear(chunk, weight[j], bias[j]) for j, chunk in enumerate(chunks) if groups.counts[j] > 0])
+        out = th.cat(
+            [F.linear(chunk, weight[j], bias[j]) for j, chunk in enumerate(chunks) if groups.counts[j] > 0]
+        )
         if groups.order is None:
             return out
         return th.empty_like(out).index_copy(0, groups.order, out)
@@ -209,7 +226,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         pi_features, vf_features = features
         return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)
 
-    def _get_action_dist_from_latent(self, latent_pi: th.Tensor, representatives: RepresentativesLike = None) -> Distribution:
+    def _get_action_dist_from_latent(
+        self, latent_pi: th.Tensor, representatives: RepresentativesLike = None
+    ) -> Distribution:
         """Action distribution of each sample's representative.
 
         :param latent_pi: ``(batch, latent_dim_pi)``.
@@ -225,20 +244,21 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             else:
                 log_std = self.log_std[index.index]  # (batch, action_dim)
             return self.action_dist.proba_distribution(head, log_std)
-        return self.action_dist.proba_distribution(action_logits=head)  # type: ignore[call-arg]
+        return self.action_dist.proba_distribution(action_logits=head)
 
     def _values_from_latent(self, latent_vf: th.Tensor, representatives: RepresentativesLike) -> th.Tensor:
         index = self.as_representatives(representatives, latent_vf.shape[0])
         return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, obs: th.Tensor, deterministic: bool = False, representatives: RepresentativesLike = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Act, evaluate and score in one pass.
 
         :param obs: ``(batch, *obs_shape)``.
         :param representatives: ``(batch,)`` the representative acting for each observation.
-        :return: actions ``(batch, *action_shape)``, values ``(batch, n_agents)``, log-probabilities ``(batch,)``.
+        :return: actions ``(batch, *action_shape)``, values ``(batch, n_agents)``,
+            log-probabilities ``(batch,)``.
         """
         latent_pi, latent_vf = self._latents(obs)
         groups = self.as_representatives(representatives, latent_pi.shape[0])
@@ -249,10 +269,10 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
         return actions, values, log_prob
 
-    def evaluate_actions(  # type: ignore[override]
+    def evaluate_actions(
         self, obs: PyTorchObs, actions: th.Tensor, representatives: RepresentativesLike = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """Values ``(batch, n_agents)``, log-likelihood ``(batch,)`` and entropy ``(batch,)`` of ``actions``."""
+        """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``."""
         latent_pi, latent_vf = self._latents(obs)
         groups = self.as_representatives(representatives, latent_pi.shape[0])
         distribution = self._get_action_dist_from_latent(latent_pi, groups)
@@ -260,23 +280,26 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         values = self._values_from_latent(latent_vf, groups)
         return values, log_prob, distribution.entropy()
 
-    def get_distribution(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> Distribution:  # type: ignore[override]
+    def get_distribution(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> Distribution:
         features = super(ActorCriticPolicy, self).extract_features(obs, self.pi_features_extractor)
         latent_pi = self.mlp_extractor.forward_actor(features)
         return self._get_action_dist_from_latent(latent_pi, representatives)
 
-    def predict_values(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> th.Tensor:  # type: ignore[override]
+    def predict_values(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> th.Tensor:
         """Per-agent values ``(batch, n_agents)`` under each sample's representative."""
         features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
         latent_vf = self.mlp_extractor.forward_critic(features)
         return self._values_from_latent(latent_vf, representatives)
 
-    def _predict(  # type: ignore[override]
-        self, observation: PyTorchObs, deterministic: bool = False, representatives: RepresentativesLike = None
+    def _predict(
+        self,
+        observation: PyTorchObs,
+        deterministic: bool = False,
+        representatives: RepresentativesLike = None,
     ) -> th.Tensor:
         return self.get_distribution(observation, representatives).get_actions(deterministic=deterministic)
 
-    def predict(  # type: ignore[override]
+    def predict(
         self,
         observation: np.ndarray | dict[str, np.ndarray],
         state: tuple[np.ndarray, ...] | None = None,
@@ -284,14 +307,16 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         deterministic: bool = False,
         representative: RepresentativesLike = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-        """SB3's ``predict`` for one representative (an int) or one per observation (an array ``(n_envs,)``)."""
+        """SB3's ``predict`` for one representative (an int) or one per observation (``(n_envs,)``)."""
         self.set_training_mode(False)
         obs_tensor, vectorized_env = self.obs_to_tensor(observation)
-        batch_size = next(iter(obs_tensor.values())).shape[0] if isinstance(obs_tensor, dict) else obs_tensor.shape[0]
+        batch_size = (
+            next(iter(obs_tensor.values())).shape[0] if isinstance(obs_tensor, dict) else obs_tensor.shape[0]
+        )
         index = self.as_representatives(representative, batch_size)
         with th.no_grad():
             actions_tensor = self._predict(obs_tensor, deterministic=deterministic, representatives=index)
-        actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc, arg-type]
         if isinstance(self.action_space, spaces.Box):
             actions = np.clip(actions, self.action_space.low, self.action_space.high)
         if not vectorized_env:

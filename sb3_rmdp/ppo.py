@@ -37,7 +37,9 @@ def normalize_per_representative(advantages: th.Tensor, representatives: th.Tens
     :return: ``(batch,)``.
     """
     counts = th.bincount(representatives, minlength=k).to(advantages.dtype)
-    sums = th.zeros(k, dtype=advantages.dtype, device=advantages.device).index_add(0, representatives, advantages)
+    sums = th.zeros(k, dtype=advantages.dtype, device=advantages.device).index_add(
+        0, representatives, advantages
+    )
     centered = advantages - (sums / counts.clamp(min=1))[representatives]
     squares = th.zeros_like(sums).index_add(0, representatives, centered * centered)
     # Unbiased, like th.std; the clamp keeps the gradient finite when a group's advantages are equal.
@@ -215,7 +217,7 @@ class RMDPPPO(PPO):
         """The deployed hard assignment ``(n_agents,)``: each agent's representative."""
         return self.assigner.assignment()
 
-    def predict(  # type: ignore[override]
+    def predict(
         self,
         observation: np.ndarray | dict[str, np.ndarray],
         state: tuple[np.ndarray, ...] | None = None,
@@ -224,7 +226,9 @@ class RMDPPPO(PPO):
         representative: int | np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """SB3's ``predict`` served by representative ``representative`` (an int, or one per observation)."""
-        return self.policy.predict(observation, state, episode_start, deterministic, representative=representative)
+        return self.policy.predict(
+            observation, state, episode_start, deterministic, representative=representative
+        )
 
     # ------------------------------------------------------------------ rollouts
     def collect_rollouts(
@@ -276,7 +280,9 @@ class RMDPPPO(PPO):
             for idx in np.flatnonzero(dones):
                 finished[slot_reps[idx]].append(self._episode_agent_returns[idx].copy())
                 self._episode_agent_returns[idx] = 0.0
-                if infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                if infos[idx].get("terminal_observation") is not None and infos[idx].get(
+                    "TimeLimit.truncated", False
+                ):
                     terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                     with th.no_grad():
                         terminal_values = self.policy.predict_values(
@@ -296,10 +302,15 @@ class RMDPPPO(PPO):
             self._last_episode_starts = dones
 
         with th.no_grad():
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), representatives=representatives)  # type: ignore[arg-type]
+            values = self.policy.predict_values(
+                obs_as_tensor(new_obs, self.device),  # type: ignore[arg-type]
+                representatives=representatives,
+            )
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
 
-        self.rollout_episode_returns = [np.asarray(f, dtype=np.float64).reshape(-1, self.n_agents) for f in finished]
+        self.rollout_episode_returns = [
+            np.asarray(f, dtype=np.float64).reshape(-1, self.n_agents) for f in finished
+        ]
         for j, returns in enumerate(self.rollout_episode_returns):
             if len(returns) > 0:
                 self.training_returns[:, j] = returns.mean(axis=0)
@@ -405,7 +416,9 @@ class RMDPPPO(PPO):
             if not continue_training:
                 break
 
-        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        explained_var = explained_variance(
+            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+        )
 
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
@@ -457,5 +470,7 @@ def _agent_rewards(infos: list[dict[str, Any]], n_agents: int) -> np.ndarray:
             "before vectorizing (or build the VecEnv with `sb3_rmdp.envs.make_rmdp_vec_env`)."
         ) from error
     if rewards.shape[1] != n_agents:
-        raise ValueError(f"info['agent_rewards'] has {rewards.shape[1]} entries; the model has {n_agents} agents.")
+        raise ValueError(
+            f"info['agent_rewards'] has {rewards.shape[1]} entries; the model has {n_agents} agents."
+        )
     return rewards

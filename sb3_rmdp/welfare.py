@@ -98,7 +98,9 @@ def evaluate_agent_returns(
     return table
 
 
-def _mean_episode_return(model: RMDPPPO, vec_env: Any, representative: int, n_episodes: int, deterministic: bool) -> np.ndarray:
+def _mean_episode_return(
+    model: RMDPPPO, vec_env: Any, representative: int, n_episodes: int, deterministic: bool
+) -> np.ndarray:
     n_envs = vec_env.num_envs
     targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
     counts = np.zeros(n_envs, dtype=np.int64)

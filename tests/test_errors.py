@@ -39,7 +39,9 @@ def test_env_slots_not_a_multiple_of_k() -> None:
         RMDPPPO("MlpPolicy", vec_env, k=2)
 
 
-@pytest.mark.parametrize(("bad", "message"), [("shape", r"shape \(4,\).*3 agents"), ("nan", "non-finite.*agents \\[0\\]")])
+@pytest.mark.parametrize(
+    ("bad", "message"), [("shape", r"shape \(4,\).*3 agents"), ("nan", "non-finite.*agents \\[0\\]")]
+)
 def test_bad_reward_vectors(bad: str, message: str) -> None:
     model = RMDPPPO("MlpPolicy", make_scaled(bad=bad), k=1, **SMALL)
     with pytest.raises(ValueError, match=message):
@@ -48,7 +50,7 @@ def test_bad_reward_vectors(bad: str, message: str) -> None:
 
 @pytest.mark.parametrize("assignment", [np.zeros(2, dtype=int), np.full((3, 3), 1 / 3), np.array([0, 1, 2])])
 def test_assignment_of_the_wrong_shape_or_range(assignment: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="[Aa]ssignment"):
+    with pytest.raises(ValueError, match=r"[Aa]ssignment"):
         RMDPPPO("MlpPolicy", make_scaled, k=2, n_envs=2, assigner=FixedAssigner(assignment))
 
 

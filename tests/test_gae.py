@@ -61,10 +61,17 @@ def test_per_agent_gae_is_sb3_gae_per_agent(n_agents: int, gamma: float, gae_lam
 def test_samples_carry_their_slot_representative() -> None:
     n_steps, n_envs, k, n_agents = 5, 6, 3, 2
     buffer = RMDPRolloutBuffer(n_steps, OBS, ACTIONS, "cpu", 0.95, 0.99, n_envs, n_agents=n_agents, k=k)
-    for t in range(n_steps):
+    for _t in range(n_steps):
         # Encode the slot in the observation to check the pairing after shuffling.
         obs = np.tile(np.arange(n_envs, dtype=np.float32)[:, None], (1, 2))
-        buffer.add(obs, np.zeros((n_envs, 1)), np.zeros((n_envs, n_agents)), np.zeros(n_envs), th.zeros(n_envs, n_agents), th.zeros(n_envs))
+        buffer.add(
+            obs,
+            np.zeros((n_envs, 1)),
+            np.zeros((n_envs, n_agents)),
+            np.zeros(n_envs),
+            th.zeros(n_envs, n_agents),
+            th.zeros(n_envs),
+        )
     buffer.compute_returns_and_advantage(th.zeros(n_envs, n_agents), np.zeros(n_envs, dtype=bool))
     batches = list(buffer.get(batch_size=7))
     assert sum(len(b.representatives.index) for b in batches) == n_steps * n_envs

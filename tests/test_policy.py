@@ -46,7 +46,9 @@ def test_predict_serves_the_named_representative() -> None:
     for j, expected in enumerate([0, 1, 0]):
         actions, _ = model.predict(obs, deterministic=True, representative=j)
         assert actions.tolist() == [expected, expected]
-    actions, _ = model.predict(np.zeros((3, 4), np.float32), deterministic=True, representative=np.array([0, 1, 2]))
+    actions, _ = model.predict(
+        np.zeros((3, 4), np.float32), deterministic=True, representative=np.array([0, 1, 2])
+    )
     assert actions.tolist() == [0, 1, 0]
 
 
@@ -54,7 +56,13 @@ def test_truncation_is_bootstrapped_per_agent_with_the_collecting_critic() -> No
     # Pendulum ends by time limit at step 200; with two slots (representatives 0 and 1) both truncate
     # on the last step of the first rollout.
     model = RMDPPPO(
-        "MlpPolicy", lambda: make_scaled("Pendulum-v1", n_agents=3), k=2, n_envs=2, n_steps=200, batch_size=50, seed=0
+        "MlpPolicy",
+        lambda: make_scaled("Pendulum-v1", n_agents=3),
+        k=2,
+        n_envs=2,
+        n_steps=200,
+        batch_size=50,
+        seed=0,
     )
     checked = []
 
@@ -66,7 +74,7 @@ def test_truncation_is_bootstrapped_per_agent_with_the_collecting_critic() -> No
     spy = Spy()
     original = model.rollout_buffer.add
 
-    def add(obs, action, reward, episode_start, value, log_prob):  # noqa: ANN001
+    def add(obs, action, reward, episode_start, value, log_prob):
         if model.rollout_buffer.pos == 199:
             for e, info in enumerate(spy.infos):
                 assert info["TimeLimit.truncated"]

@@ -36,7 +36,7 @@ def test_tracking_the_target_all_episode_gives_100() -> None:
 
 
 def test_targets_are_uniform_seeded_and_in_range() -> None:
-    for base_id, b in TARGET_RANGES.items():
+    for _base_id, b in TARGET_RANGES.items():
         targets = velocity_targets(2000, b, seed=1)
         assert targets.min() >= 0 and targets.max() <= b
         assert abs(targets.mean() - b / 2) < 0.05 * b
@@ -44,7 +44,15 @@ def test_targets_are_uniform_seeded_and_in_range() -> None:
     assert not np.array_equal(velocity_targets(10, 4.0, seed=2), velocity_targets(10, 4.0, seed=3))
 
 
-@pytest.mark.parametrize("env_id", ["sb3_rmdp/HalfCheetahVelocity-v0", "sb3_rmdp/AntVelocity-v0", "sb3_rmdp/HopperVelocity-v0", "sb3_rmdp/Walker2dVelocity-v0"])
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "sb3_rmdp/HalfCheetahVelocity-v0",
+        "sb3_rmdp/AntVelocity-v0",
+        "sb3_rmdp/HopperVelocity-v0",
+        "sb3_rmdp/Walker2dVelocity-v0",
+    ],
+)
 def test_registered_populations_are_r_mdps(env_id: str) -> None:
     env = gym.make(env_id, n_agents=7, seed=0)
     assert n_agents_of(env) == 7

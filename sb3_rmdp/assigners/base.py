@@ -64,7 +64,8 @@ class Assigner(BaseCallback):
         if self.is_bound:
             if (self.n_agents, self.k) != (n_agents, k):
                 raise ValueError(
-                    f"{type(self).__name__} is bound to n_agents={self.n_agents}, k={self.k} and cannot serve "
+                    f"{type(self).__name__} is bound to n_agents={self.n_agents}, k={self.k} and cannot "
+                    "serve "
                     f"n_agents={n_agents}, k={k}: create a new assigner for a different r-MDP."
                 )
             self._on_device_change()
@@ -122,7 +123,9 @@ class Assigner(BaseCallback):
             self.logger.record("welfare/nash", nash_welfare(table, alpha))
         hard = alpha.argmax(axis=1)
         sizes = np.bincount(hard, minlength=self.k)
-        changes = 0 if self._last_logged_assignment is None else int((hard != self._last_logged_assignment).sum())
+        changes = (
+            0 if self._last_logged_assignment is None else int((hard != self._last_logged_assignment).sum())
+        )
         self._last_logged_assignment = hard
         self.logger.record("assignment/changes", changes)
         self.logger.record("assignment/smallest", int(sizes.min()))

@@ -17,7 +17,9 @@ def as_assignment_weights(assignment: np.ndarray | list, n_agents: int, k: int) 
     array = np.asarray(assignment)
     if array.ndim == 1 and array.shape == (n_agents,) and np.issubdtype(array.dtype, np.integer):
         if array.min() < 0 or array.max() >= k:
-            raise ValueError(f"Assignment indices must lie in [0, k) = [0, {k}); got {array.min()}..{array.max()}.")
+            raise ValueError(
+                f"Assignment indices must lie in [0, k) = [0, {k}); got {array.min()}..{array.max()}."
+            )
         weights = np.zeros((n_agents, k))
         weights[np.arange(n_agents), array] = 1.0
         return weights

@@ -21,11 +21,11 @@ def make_rmdp_vec_env(
     n_envs: int = 1,
     seed: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
-    vec_env_cls: type[VecEnv] | None = None,
+    vec_env_cls: Callable[..., VecEnv] | None = None,
     vec_env_kwargs: dict[str, Any] | None = None,
     monitor: bool = True,
 ) -> VecEnv:
-    """Build a VecEnv of ``n_envs`` r-MDP env slots, ready for ``RMDPPPO`` (SB3's ``make_vec_env``, r-MDP aware).
+    """A VecEnv of ``n_envs`` r-MDP env slots, ready for ``RMDPPPO``: SB3's ``make_vec_env``, r-MDP aware.
 
     Each slot is ``Monitor(AgentRewardsWrapper(env))``: the scalar reward SB3 sees is the agents' mean,
     the vector travels in ``info["agent_rewards"]``. Wrap the result in ``VecNormalize(norm_reward=False)``
@@ -61,7 +61,7 @@ def make_rmdp_vec_env(
 
 
 def as_rmdp_vec_env(env: EnvLike, n_envs: int = 1, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
-    """Return ``env`` as an r-MDP VecEnv: a VecEnv is checked, anything else goes through :func:`make_rmdp_vec_env`.
+    """``env`` as an r-MDP VecEnv: a VecEnv is checked, anything else built by :func:`make_rmdp_vec_env`.
 
     :raises ValueError: if a VecEnv's envs are not wrapped by ``AgentRewardsWrapper``.
     """
