@@ -242,7 +242,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             elif isinstance(index, int):
                 log_std = self.log_std[index]
             else:
-                log_std = self.log_std[index.index]  # (batch, action_dim)
+                # index_select: its backward is an index_add, not a (slow) accumulating index_put
+                log_std = th.index_select(self.log_std, 0, index.index)  # (batch, action_dim)
             return self.action_dist.proba_distribution(head, log_std)
         return self.action_dist.proba_distribution(action_logits=head)
 

@@ -330,7 +330,7 @@ class RMDPPPO(PPO):
         alpha = self.assigner.weights()
         if not self.assigner.requires_grad:
             alpha = alpha.detach()
-        marginal = (alpha.T[representatives] * advantages).sum(dim=1)
+        marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
         if self.normalize_advantage and len(marginal) > 1:
             if self.k == 1:
                 marginal = (marginal - marginal.mean()) / (marginal.std() + 1e-8)
