@@ -6,7 +6,15 @@ social welfare. ``RMDPPPO("MlpPolicy", env, k=5).learn(2e6)`` trains the k polic
 """
 
 from sb3_rmdp import envs  # registers the built-in environments
-from sb3_rmdp.assigners import Assigner, EMAssigner, FixedAssigner, RandomAssigner
+from sb3_rmdp.assigners import (
+    Assigner,
+    EMAssigner,
+    EndToEndAssigner,
+    FixedAssigner,
+    KMeansAssigner,
+    OracleAssigner,
+    RandomAssigner,
+)
 from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.policies import MlpPolicy, MultiRepresentativePolicy
 from sb3_rmdp.ppo import RMDPPPO
@@ -24,9 +32,12 @@ __all__ = [
     "RMDPPPO",
     "Assigner",
     "EMAssigner",
+    "EndToEndAssigner",
     "FixedAssigner",
+    "KMeansAssigner",
     "MlpPolicy",
     "MultiRepresentativePolicy",
+    "OracleAssigner",
     "RMDPRolloutBuffer",
     "RandomAssigner",
     "__version__",

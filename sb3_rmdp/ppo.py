@@ -328,7 +328,8 @@ class RMDPPPO(PPO):
         :return: ``(batch,)``; differentiable w.r.t. the assignment when the assigner learns it.
         """
         alpha = self.assigner.weights()
-        if not self.assigner.requires_grad:
+        if not self.assigner.requires_grad or self.k == 1:
+            # With one representative alpha is constantly 1: there is nothing to learn.
             alpha = alpha.detach()
         marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
         if self.normalize_advantage and len(marginal) > 1:

@@ -7,13 +7,13 @@ import pytest
 import torch as th
 from stable_baselines3 import PPO
 
-from sb3_rmdp import RMDPPPO, EMAssigner
-from sb3_rmdp.assigners import RandomAssigner
+from sb3_rmdp import RMDPPPO
+from sb3_rmdp.assigners import make_assigner
 from sb3_rmdp.envs import SingleAgentRMDP
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-@pytest.mark.parametrize("assigner", ["em", "random"])
+@pytest.mark.parametrize("assigner", ["em", "random", "end_to_end"])
 def test_one_agent_one_representative_is_sb3_ppo(env_id: str, assigner: str) -> None:
     # Pendulum ends every episode by time-limit truncation: this also checks the value bootstrap.
     kwargs = dict(n_steps=256, batch_size=64, n_epochs=3, seed=7)
@@ -22,7 +22,7 @@ def test_one_agent_one_representative_is_sb3_ppo(env_id: str, assigner: str) -> 
         "MlpPolicy",
         SingleAgentRMDP(gym.make(env_id)),
         k=1,
-        assigner=EMAssigner(warm_start_updates=0) if assigner == "em" else RandomAssigner(seed=1),
+        assigner=make_assigner(assigner),
         **kwargs,
     ).learn(3 * 256)
 

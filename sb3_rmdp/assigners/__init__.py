@@ -2,11 +2,22 @@
 
 from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.assigners.em import EMAssigner, e_step
-from sb3_rmdp.assigners.fixed import FixedAssigner, RandomAssigner, random_even_assignment
+from sb3_rmdp.assigners.end_to_end import EndToEndAssigner
+from sb3_rmdp.assigners.fixed import (
+    FixedAssigner,
+    OracleAssigner,
+    RandomAssigner,
+    equal_width_bins,
+    random_even_assignment,
+)
+from sb3_rmdp.assigners.kmeans import KMeansAssigner, kmeans_assignment
 
 ASSIGNERS: dict[str, type[Assigner]] = {
     "em": EMAssigner,
+    "end_to_end": EndToEndAssigner,
+    "kmeans": KMeansAssigner,
     "random": RandomAssigner,
+    "oracle": OracleAssigner,
 }
 
 
@@ -28,9 +39,14 @@ __all__ = [
     "ASSIGNERS",
     "Assigner",
     "EMAssigner",
+    "EndToEndAssigner",
     "FixedAssigner",
+    "KMeansAssigner",
+    "OracleAssigner",
     "RandomAssigner",
     "e_step",
+    "equal_width_bins",
+    "kmeans_assignment",
     "make_assigner",
     "random_even_assignment",
 ]

@@ -55,6 +55,48 @@ class FixedAssigner(Assigner):
         return self._weights
 
 
+def equal_width_bins(values: np.ndarray, k: int, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """Representative of each agent when ``[low, high]`` is cut into k bins of equal width.
+
+    :param values: ``(n_agents,)`` one parameter per agent (e.g. target velocities).
+    :return: ``(n_agents,)`` bin index in ``[0, k)`` (values outside the range go to the end bins).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    low = float(values.min()) if low is None else float(low)
+    high = float(values.max()) if high is None else float(high)
+    if not high > low:
+        return np.zeros(len(values), dtype=np.int64)
+    return np.clip(np.floor((values - low) / (high - low) * k), 0, k - 1).astype(np.int64)
+
+
+class OracleAssigner(Assigner):
+    """The oracle for 1-D agent params (velocity populations): k equal-width bins, fixed.
+
+    :param low: lower end of the parameter range (default: the smallest agent param); for velocity
+        populations the reference uses the target range, ``[0, b]``.
+    :param high: upper end (default: the largest agent param).
+    """
+
+    def __init__(self, low: float | None = None, high: float | None = None, verbose: int = 0):
+        super().__init__(verbose=verbose)
+        self.low, self.high = low, high
+
+    def _setup(self) -> None:
+        if self.agent_params is None or self.agent_params.reshape(self.n_agents, -1).shape[1] != 1:
+            raise ValueError(
+                "OracleAssigner needs one parameter per agent: the env must declare `agent_params` of shape "
+                "(n_agents, 1), as velocity populations do. For other populations use FixedAssigner."
+            )
+        self.hard_assignment = equal_width_bins(self.agent_params.reshape(-1), self.k, self.low, self.high)
+        self._weights = one_hot(self.hard_assignment, self.k, self.device)
+
+    def _on_device_change(self) -> None:
+        self._weights = self._weights.to(self.device)
+
+    def weights(self) -> th.Tensor:
+        return self._weights
+
+
 def random_even_assignment(n_agents: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """A uniformly random hard assignment ``(n_agents,)`` whose group sizes differ by at most one."""
     assignment = np.empty(n_agents, dtype=np.int64)

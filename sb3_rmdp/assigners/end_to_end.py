@@ -1,0 +1,63 @@
+"""``EndToEndAssigner``: soft assignment learned by the PPO loss itself (paper section 3.4, eq. 12)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+
+from sb3_rmdp.assigners.base import Assigner
+from sb3_rmdp.welfare import utilitarian_welfare
+
+
+class EndToEndAssigner(Assigner):
+    """A table of logits ``psi`` ``(n_agents, k)``; ``alpha = softmax(psi)`` over representatives.
+
+    ``RMDPPPO.train`` forms each minibatch's marginal advantages from :meth:`weights` without
+    detaching them, so the clipped PPO policy loss is also the assignment's loss (eq. 12); this
+    assigner's own Adam steps in the same backward pass as the policy's optimizer. The deployed
+    assignment is the argmax of each agent's row: its welfare is the headline figure
+    (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged as ``welfare/soft``.
+
+    :param lr: Adam learning rate of the logits (the paper's 2e-3).
+    :param init_scale: standard deviation of the initial logits, drawn from the assigner's own generator.
+    :param seed: seed of the assigner's generator (``None``: the model's seed).
+    """
+
+    requires_grad = True
+
+    def __init__(self, lr: float = 2e-3, init_scale: float = 0.1, seed: int | None = None, verbose: int = 0):
+        if lr <= 0:
+            raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
+        super().__init__(seed=seed, verbose=verbose)
+        self.lr = float(lr)
+        self.init_scale = float(init_scale)
+
+    def _setup(self) -> None:
+        generator = th.Generator().manual_seed(int(self.rng.integers(2**62)))
+        initial = th.randn(self.n_agents, self.k, generator=generator) * self.init_scale
+        self.logits = th.nn.Parameter(initial.to(self.device))
+        self.optimizer = th.optim.Adam([self.logits], lr=self.lr)
+
+    def _on_device_change(self) -> None:
+        if self.logits.device != self.device:
+            self.logits = th.nn.Parameter(self.logits.detach().to(self.device))
+            state = self.optimizer.state_dict()
+            self.optimizer = th.optim.Adam([self.logits], lr=self.lr)
+            self.optimizer.load_state_dict(state)
+
+    def weights(self) -> th.Tensor:
+        return th.softmax(self.logits, dim=1)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def _log(self) -> None:
+        super()._log()
+        table = getattr(self.model, "training_returns", None)
+        if table is not None and np.all(np.isfinite(table)):
+            with th.no_grad():
+                soft = self.weights().cpu().numpy()
+            self.logger.record("welfare/soft", utilitarian_welfare(table, soft))

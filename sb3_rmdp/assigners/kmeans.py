@@ -1,0 +1,113 @@
+"""``KMeansAssigner``: the clustering baseline of the paper (section 4, "Algorithms")."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch as th
+
+from sb3_rmdp.assigners.base import Assigner, one_hot
+from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
+
+
+def kmeans_assignment(features: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.ndarray:
+    """Cluster agents by their feature rows with scikit-learn's ``KMeans``; no cluster left empty.
+
+    When there are fewer distinct rows than k (e.g. every agent got the same rewards), KMeans leaves
+    clusters empty; each empty cluster then takes the agent of the largest cluster that lies farthest
+    from its centroid, so every representative serves someone.
+
+    :param features: ``(n_agents, d)``, e.g. each agent's per-step rewards.
+    :return: ``(n_agents,)`` cluster of each agent.
+    """
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(features, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(features)
+    labels = km.labels_.astype(np.int64)
+    distance = np.linalg.norm(features - km.cluster_centers_[labels], axis=1)
+    for j in range(k):
+        if np.any(labels == j):
+            continue
+        largest = int(np.argmax(np.bincount(labels, minlength=k)))
+        members = np.flatnonzero(labels == largest)
+        agent = int(members[np.argmax(distance[members])])
+        labels[agent] = j
+        distance[agent] = 0.0
+    return labels
+
+
+class KMeansAssigner(Assigner):
+    """Universal policy first, then K-means on agents' reward sequences, then a fixed assignment.
+
+    1. **Universal phase**, the first ``pretrain_fraction`` of ``learn``'s budget: every agent has
+       weight ``1/k`` on every representative, so each representative maximizes the mean welfare of
+       all agents (the universal objective).
+    2. **Clustering**: each agent is described by its rewards over the last ``n_samples`` env steps of
+       the universal phase (real, stochastic steps of the universal policies, recorded from the
+       rollouts themselves), and scikit-learn's ``KMeans(k)`` (seeded) groups the agents.
+    3. **Specialization**: the assignment is fixed and training goes on. The representatives
+       **continue from the universal policies** rather than restarting: they already solve what all
+       agents share (moving, reaching home), so the rest of the budget goes to specializing. (The
+       reference code started fresh policies, which spends the budget twice.)
+
+    :param pretrain_fraction: fraction of the ``learn`` budget spent in the universal phase, in (0, 1).
+    :param n_samples: env steps whose rewards describe each agent.
+    :param n_init: KMeans restarts.
+    :param seed: seed of KMeans (``None``: the model's seed, or 0).
+    """
+
+    def __init__(
+        self,
+        pretrain_fraction: float = 0.5,
+        n_samples: int = 10_000,
+        n_init: int = 10,
+        seed: int | None = None,
+        verbose: int = 0,
+    ):
+        if not 0.0 < pretrain_fraction < 1.0:
+            raise ValueError(f"pretrain_fraction={pretrain_fraction} must lie in (0, 1).")
+        if n_samples < 1:
+            raise ValueError(f"n_samples={n_samples} must be positive.")
+        super().__init__(seed=seed, verbose=verbose)
+        self.pretrain_fraction = float(pretrain_fraction)
+        self.n_samples = int(n_samples)
+        self.n_init = int(n_init)
+
+    def _setup(self) -> None:
+        self.clustered = False
+        self.hard_assignment = np.full(self.n_agents, -1, dtype=np.int64)
+        self.switch_timestep: int | None = None
+        self._recorded: list[np.ndarray] = []
+        self._weights = th.full((self.n_agents, self.k), 1.0 / self.k, device=self.device)
+
+    def _on_device_change(self) -> None:
+        self._weights = self._weights.to(self.device)
+
+    def weights(self) -> th.Tensor:
+        return self._weights
+
+    def _on_training_start(self) -> None:
+        if not self.clustered and self.switch_timestep is None:
+            total = int(self.locals.get("total_timesteps", 0))
+            self.switch_timestep = int(self.pretrain_fraction * total)
+
+    def _on_step(self) -> bool:
+        if self.clustered or self.switch_timestep is None:
+            return True
+        if self.num_timesteps > self.switch_timestep - self.n_samples:
+            self._recorded.append(np.stack([info[AGENT_REWARDS_KEY] for info in self.locals["infos"]]))
+        return True
+
+    def _update(self) -> None:
+        if self.clustered or self.switch_timestep is None or self.num_timesteps < self.switch_timestep:
+            return
+        rewards = np.concatenate(self._recorded, axis=0)[-self.n_samples :]  # (n_samples, n_agents)
+        seed = self.seed if self.seed is not None else int(self.rng.integers(2**31 - 1))
+        self.hard_assignment = kmeans_assignment(rewards.T, self.k, seed, self.n_init)
+        self._weights = one_hot(self.hard_assignment, self.k, self.device)
+        self.clustered = True
+        self._recorded = []

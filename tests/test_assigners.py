@@ -1,0 +1,158 @@
+"""End-to-end, K-means, oracle and random assigners: the behaviour each promises."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch as th
+from conftest import make_scaled
+
+from sb3_rmdp import RMDPPPO, EMAssigner, EndToEndAssigner, KMeansAssigner, OracleAssigner, RandomAssigner
+from sb3_rmdp.assigners import equal_width_bins, kmeans_assignment
+
+
+def _end_to_end_model(normalize_advantage: bool) -> RMDPPPO:
+    return RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        assigner=EndToEndAssigner(lr=0.05, seed=0),
+        normalize_advantage=normalize_advantage,
+        seed=0,
+    )
+
+
+def _policy_loss_steps(
+    model: RMDPPPO, advantages: th.Tensor, representatives: th.Tensor, ratio: th.Tensor
+) -> None:
+    for _ in range(20):
+        marginal = model.marginal_advantages(advantages, representatives)
+        loss = -th.min(marginal * ratio, marginal * th.clamp(ratio, 0.8, 1.2)).mean()
+        model.assigner.zero_grad()
+        loss.backward()
+        model.assigner.step()
+
+
+def test_end_to_end_moves_probability_to_the_representative_with_higher_advantage() -> None:
+    model = _end_to_end_model(normalize_advantage=False)
+    before = model.assigner.weights().detach().clone()
+    rng = np.random.default_rng(0)
+    representatives = th.tensor([0] * 32 + [1] * 32)
+    advantages = th.as_tensor(rng.normal(0, 0.1, (64, 3)), dtype=th.float32)
+    advantages[:32, 0] -= 1.0  # agent 0 does badly under representative 0 ...
+    advantages[32:, 0] += 1.0  # ... and well under representative 1
+    _policy_loss_steps(model, advantages, representatives, th.ones(64))
+    after = model.assigner.weights().detach()
+    assert after[0, 1] > before[0, 1] + 0.2
+    assert th.allclose(after.sum(dim=1), th.ones(3))
+
+
+def test_end_to_end_follows_the_policy_update_under_advantage_normalization() -> None:
+    # With normalized advantages the signal is how each representative's policy change (ratio != 1)
+    # serves an agent: representative 1's update raises agent 0's advantageous actions, 0's lowers them.
+    model = _end_to_end_model(normalize_advantage=True)
+    before = model.assigner.weights().detach().clone()
+    rng = np.random.default_rng(1)
+    representatives = th.tensor([0] * 32 + [1] * 32)
+    advantages = th.as_tensor(rng.normal(0, 1, (64, 3)), dtype=th.float32)
+    ratio = 1 + 0.1 * th.cat([-advantages[:32, 0], advantages[32:, 0]])
+    _policy_loss_steps(model, advantages, representatives, ratio)
+    assert model.assigner.weights()[0, 1] > before[0, 1] + 0.1
+
+
+def test_planted_groups_are_recovered_by_kmeans() -> None:
+    rng = np.random.default_rng(2)
+    n_samples = 200
+    patterns = rng.random((3, n_samples)) < 0.3
+    planted = np.repeat([0, 1, 2], [5, 9, 6])
+    rng.shuffle(planted)
+    rewards = patterns[planted] * 1.0 + rng.normal(0, 0.05, (20, n_samples))
+    labels = kmeans_assignment(rewards, k=3, seed=0)
+    # Same partition up to renaming the clusters.
+    assert len({(int(a), int(b)) for a, b in zip(planted, labels)}) == 3
+
+
+def test_kmeans_never_leaves_a_cluster_empty() -> None:
+    labels = kmeans_assignment(np.ones((10, 5)), k=4, seed=0)  # all agents look the same
+    assert np.bincount(labels, minlength=4).min() >= 1
+
+
+def test_kmeans_assigner_trains_universal_then_fixes_clusters() -> None:
+    assigner = KMeansAssigner(pretrain_fraction=0.5, n_samples=300, seed=0)
+    model = RMDPPPO(
+        "MlpPolicy",
+        lambda: make_scaled(n_agents=6),
+        k=3,
+        n_envs=3,
+        n_steps=100,
+        batch_size=100,
+        n_epochs=1,
+        assigner=assigner,
+        seed=0,
+    )
+    assert th.allclose(assigner.weights(), th.full((6, 3), 1 / 3))
+    model.learn(900)  # 3 rollouts of 300 steps: the switch comes after the second
+    assert assigner.clustered and assigner.switch_timestep == 450
+    assert np.bincount(model.assignment(), minlength=3).min() >= 1
+    assert th.equal(assigner.weights().sum(dim=1), th.ones(6))
+
+
+def test_oracle_cuts_the_parameter_range_into_equal_bins() -> None:
+    assert equal_width_bins(np.array([0.0, 0.9, 1.1, 2.5, 3.99, 4.0]), 4, 0.0, 4.0).tolist() == [
+        0,
+        0,
+        1,
+        2,
+        3,
+        3,
+    ]
+    oracle = OracleAssigner(low=0.0, high=4.0)
+    oracle.bind(4, 2, agent_params=np.array([[0.5], [1.5], [2.5], [3.5]]))
+    assert oracle.assignment().tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="one parameter per agent"):
+        OracleAssigner().bind(3, 2, agent_params=np.zeros((3, 2)))
+
+
+ALL = {
+    "em": lambda seed: EMAssigner(mixing=0.5, warm_start_updates=0, seed=seed),
+    "end_to_end": lambda seed: EndToEndAssigner(seed=seed),
+    "kmeans": lambda seed: KMeansAssigner(n_samples=50, seed=seed),
+    "random": lambda seed: RandomAssigner(seed=seed),
+}
+
+
+def _drive(assigner, n_agents: int, k: int) -> np.ndarray:  # noqa: ANN001
+    """Bind and feed an assigner three rollouts of synthetic data, as RMDPPPO would."""
+    data = np.random.default_rng(7)
+    assigner.bind(n_agents, k, agent_params=np.linspace(0, 1, n_agents)[:, None])
+    assigner.model = SimpleNamespace(rollout_episode_returns=None)
+    assigner.locals = {"total_timesteps": 200}
+    assigner.num_timesteps = 0
+    assigner._on_training_start()
+    for _ in range(3):
+        for _ in range(40):
+            assigner.num_timesteps += 2
+            assigner.locals["infos"] = [{"agent_rewards": data.random(n_agents)} for _ in range(2)]
+            assigner._on_step()
+        assigner.model.rollout_episode_returns = [data.random((2, n_agents)) for _ in range(k)]
+        assigner.n_rollouts += 1
+        assigner._update()
+    return assigner.weights().detach().numpy().copy()
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_assigner_is_deterministic_and_leaves_global_rngs_alone(name: str) -> None:
+    np.random.seed(11)  # noqa: NPY002 (the global stream is what is checked)
+    th.manual_seed(11)
+    numpy_state = np.random.get_state()[1].copy()  # noqa: NPY002
+    torch_state = th.get_rng_state().clone()
+    first = _drive(ALL[name](3), 12, 3)
+    second = _drive(ALL[name](3), 12, 3)
+    assert np.array_equal(first, second)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)  # noqa: NPY002
+    assert th.equal(th.get_rng_state(), torch_state)
+    if name in ("end_to_end", "random"):
+        assert not np.array_equal(first, _drive(ALL[name](4), 12, 3))
