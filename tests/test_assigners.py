@@ -124,7 +124,7 @@ ALL = {
 }
 
 
-def _drive(assigner, n_agents: int, k: int) -> np.ndarray:  # noqa: ANN001
+def _drive(assigner, n_agents: int, k: int) -> np.ndarray:
     """Bind and feed an assigner three rollouts of synthetic data, as RMDPPPO would."""
     data = np.random.default_rng(7)
     assigner.bind(n_agents, k, agent_params=np.linspace(0, 1, n_agents)[:, None])

@@ -55,7 +55,9 @@ class FixedAssigner(Assigner):
         return self._weights
 
 
-def equal_width_bins(values: np.ndarray, k: int, low: float | None = None, high: float | None = None) -> np.ndarray:
+def equal_width_bins(
+    values: np.ndarray, k: int, low: float | None = None, high: float | None = None
+) -> np.ndarray:
     """Representative of each agent when ``[low, high]`` is cut into k bins of equal width.
 
     :param values: ``(n_agents,)`` one parameter per agent (e.g. target velocities).
