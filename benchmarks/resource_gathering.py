@@ -1,0 +1,229 @@
+"""Resource Gathering, welfare vs k: EM, end-to-end, K-means and random (the paper's Figures 1 and 2).
+
+Every cell (algorithm, k, seed) trains ``RMDPPPO`` with the tuned Resource Gathering settings
+(``sb3_rmdp.hyperparams``) for ``budget_per_representative x k`` env steps, then evaluates every
+representative in real episodes (the env is deterministic, so one deterministic episode each is
+exact) and scores the **deployed** hard assignment. ``welfare_train`` is what the paper plotted:
+the training (stochastic) returns of the last rollout under the assignment weights (soft for
+end-to-end). Cells run in parallel worker processes, one torch thread each.
+
+    python benchmarks/resource_gathering.py --budget-per-representative 50000 --seeds 0 1 2 --n-jobs 2
+
+Writes ``benchmarks/results/resource_gathering.{csv,json,png}`` and ``resource_gathering_paths.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import machine, versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENV_ID = "sb3_rmdp/ResourceGathering-v0"
+ALGORITHMS = ("em", "end_to_end", "kmeans", "random")
+PATH_KS = (1, 2, 3, 5)
+
+
+def make_assigner(algorithm: str, seed: int) -> Any:
+    from sb3_rmdp.assigners import EMAssigner, EndToEndAssigner, KMeansAssigner, RandomAssigner
+    from sb3_rmdp.hyperparams import HYPERPARAMS
+
+    if algorithm == "em":
+        return EMAssigner(**HYPERPARAMS[ENV_ID]["assigner_kwargs"])
+    if algorithm == "end_to_end":
+        return EndToEndAssigner(lr=2e-3, seed=seed)
+    if algorithm == "kmeans":
+        return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
+    if algorithm == "random":
+        return RandomAssigner(seed=seed)
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
+
+
+def run_cell(algorithm: str, k: int, seed: int, budget_per_representative: int) -> dict[str, Any]:
+    """Train and evaluate one (algorithm, k, seed) cell; returns its CSV row (and paths)."""
+    import gymnasium as gym
+    import torch as th
+
+    th.set_num_threads(1)
+    from sb3_rmdp import RMDPPPO
+    from sb3_rmdp.envs.resource_gathering import optimal_welfare
+    from sb3_rmdp.hyperparams import hyperparams_for
+    from sb3_rmdp.plotting import representative_paths
+    from sb3_rmdp.welfare import best_assignment, evaluate_agent_returns, utilitarian_welfare
+
+    params = hyperparams_for(ENV_ID)
+    params["assigner"] = make_assigner(algorithm, seed)
+    reward_scale = params["env_kwargs"]["reward_scale"]
+    start = time.perf_counter()
+    model = RMDPPPO("MlpPolicy", ENV_ID, k=k, seed=seed, **params)
+    model.learn(budget_per_representative * k)
+    wall = time.perf_counter() - start
+
+    table = evaluate_agent_returns(model, gym.make(ENV_ID), n_episodes=1)
+    with th.no_grad():
+        weights = model.assigner.weights().cpu().numpy()
+    train_table = model.training_returns / reward_scale
+    return {
+        "algorithm": algorithm,
+        "k": k,
+        "n_agents": model.n_agents,
+        "seed": seed,
+        "budget_per_representative": budget_per_representative,
+        "welfare_eval": round(utilitarian_welfare(table, model.assignment()), 4),
+        "welfare_train": round(utilitarian_welfare(train_table, weights), 4),
+        "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
+        "optimal_welfare": round(optimal_welfare(k), 4),
+        "wall_s": round(wall, 1),
+        "assignment": " ".join(map(str, model.assignment())),
+        "_paths": [p.tolist() for p in representative_paths(model, gym.make(ENV_ID))],
+    }
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    array = np.asarray(values, dtype=float)
+    se = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else 0.0
+    return float(array.mean()), se
+
+
+def plot_welfare(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sb3_rmdp.envs.resource_gathering import optimal_welfare
+
+    ks = sorted({int(r["k"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(ks, [optimal_welfare(k) for k in ks], "k--", lw=1.2, label="exact optimum (k policies)")
+    for algorithm in ALGORITHMS:
+        points = [
+            (k, mean_se([r["welfare_eval"] for r in rows if r["algorithm"] == algorithm and r["k"] == k]))
+            for k in ks
+        ]
+        points = [(k, m) for k, m in points if any(r["algorithm"] == algorithm and r["k"] == k for r in rows)]
+        if not points:
+            continue
+        xs = [k for k, _ in points]
+        means = [m for _, (m, _) in points]
+        ses = [s for _, (_, s) in points]
+        ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, label=algorithm)
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("policy budget k")
+    ax.set_ylabel("welfare (evaluation episodes, deployed assignment)")
+    budgets = sorted({int(r["budget_per_representative"]) for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    ax.set_title(f"Resource Gathering, n=25: {budgets} steps per representative, seeds {seeds}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_paths(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sb3_rmdp.plotting import plot_grid_paths
+
+    chosen = [
+        r
+        for r in rows
+        if r["algorithm"] == "em" and r["k"] in PATH_KS and r["seed"] == min(x["seed"] for x in rows)
+    ]
+    chosen.sort(key=lambda r: r["k"])
+    if not chosen:
+        return
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 4.6))
+    for ax, row in zip(np.atleast_1d(axes), chosen):
+        paths = [np.asarray(p) for p in row["_paths"]]
+        assignment = np.array(row["assignment"].split(), dtype=int)
+        plot_grid_paths(
+            paths, assignment, ax=ax, title=f"EM, k={row['k']}: welfare {row['welfare_eval']:.2f}"
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ks", type=int, nargs="*", default=[1, 2, 3, 5, 10, 25])
+    parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument(
+        "--budget-per-representative", type=int, default=50_000, help="env steps per representative"
+    )
+    parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+    parser.add_argument("--out", type=Path, default=RESULTS / "resource_gathering")
+    args = parser.parse_args()
+
+    cells = [(a, k, s) for k in args.ks for a in args.algorithms for s in args.seeds]
+    # Biggest cells first, so the pool does not end on one long straggler.
+    cells.sort(key=lambda c: -c[1])
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
+        futures = {
+            pool.submit(run_cell, a, k, s, args.budget_per_representative): (a, k, s) for a, k, s in cells
+        }
+        for done, future in enumerate(as_completed(futures), 1):
+            row = future.result()
+            rows.append(row)
+            print(
+                f"[{done}/{len(cells)}] {row['algorithm']:>10} k={row['k']:>2} seed={row['seed']}: "
+                f"eval {row['welfare_eval']:.2f} train {row['welfare_train']:.2f} "
+                f"(optimum {row['optimal_welfare']:.2f}) {row['wall_s']:.0f}s",
+                flush=True,
+            )
+    rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fields = [f for f in rows[0] if not f.startswith("_")]
+    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {}
+    for algorithm in args.algorithms:
+        for k in args.ks:
+            values = [r["welfare_eval"] for r in rows if r["algorithm"] == algorithm and r["k"] == k]
+            mean, se = mean_se(values)
+            summary[f"{algorithm}/k={k}"] = {"mean": round(mean, 3), "se": round(se, 3), "n": len(values)}
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "versions": versions(),
+        "seeds": args.seeds,
+        "budget_per_representative": args.budget_per_representative,
+        "n_jobs": args.n_jobs,
+        "torch_threads_per_worker": 1,
+        "wall_s": round(time.time() - started, 1),
+        "summary_welfare_eval": summary,
+    }
+    with open(args.out.with_suffix(".json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    plot_welfare(rows, args.out.with_suffix(".png"))
+    plot_paths(rows, args.out.parent / f"{args.out.name}_paths.png")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
