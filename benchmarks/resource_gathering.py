@@ -121,6 +121,7 @@ def plot_welfare(rows: list[dict[str, Any]], path: Path) -> None:
         ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, label=algorithm)
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("policy budget k")
     ax.set_ylabel("welfare (evaluation episodes, deployed assignment)")
     budgets = sorted({int(r["budget_per_representative"]) for r in rows})

@@ -211,8 +211,11 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return F.linear(latent, weight[groups], bias[groups])
         ordered = latent if groups.order is None else latent[groups.order]
         chunks = ordered.split(groups.counts)
+        # unbind: one backward node stacks the blocks' gradients, where indexing block by block would
+        # allocate and sum one full-size gradient per representative present
+        weights, biases = weight.unbind(0), bias.unbind(0)
         out = th.cat(
-            [F.linear(chunk, weight[j], bias[j]) for j, chunk in enumerate(chunks) if groups.counts[j] > 0]
+            [F.linear(chunk, weights[j], biases[j]) for j, chunk in enumerate(chunks) if groups.counts[j] > 0]
         )
         if groups.order is None:
             return out
