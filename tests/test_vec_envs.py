@@ -1,4 +1,4 @@
-"""SB3's VecEnv machinery carries r-MDP envs unchanged: Subproc, VecMonitor, VecNormalize(norm_reward=False)."""
+"""SB3's VecEnvs carry r-MDP envs unchanged: Subproc, VecMonitor, VecNormalize(norm_reward=False)."""
 
 from __future__ import annotations
 
