@@ -19,13 +19,15 @@ class EndToEndAssigner(Assigner):
     (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged as ``welfare/soft``.
 
     :param lr: Adam learning rate of the logits (the paper's 2e-3).
-    :param init_scale: standard deviation of the initial logits, drawn from the assigner's own generator.
+    :param init_scale: standard deviation of the initial logits, drawn from the assigner's own generator
+        (1, as the reference code's ``torch.randn``: a random soft split that breaks the symmetry
+        between representatives).
     :param seed: seed of the assigner's generator (``None``: the model's seed).
     """
 
     requires_grad = True
 
-    def __init__(self, lr: float = 2e-3, init_scale: float = 0.1, seed: int | None = None, verbose: int = 0):
+    def __init__(self, lr: float = 2e-3, init_scale: float = 1.0, seed: int | None = None, verbose: int = 0):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
         super().__init__(seed=seed, verbose=verbose)
