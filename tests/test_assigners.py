@@ -19,7 +19,7 @@ def _end_to_end_model(normalize_advantage: bool) -> RMDPPPO:
         make_scaled,
         k=2,
         n_envs=2,
-        assigner=EndToEndAssigner(lr=0.05, seed=0),
+        assigner=EndToEndAssigner(lr=0.05, init_scale=0.0, seed=0),  # a uniform start
         normalize_advantage=normalize_advantage,
         seed=0,
     )
