@@ -29,6 +29,7 @@ class Assigner(BaseCallback):
     """
 
     requires_grad: bool = False
+    _weights: th.Tensor
 
     def __init__(self, seed: int | None = None, verbose: int = 0):
         super().__init__(verbose)
@@ -80,14 +81,27 @@ class Assigner(BaseCallback):
 
     def _on_device_change(self) -> None:
         """Move tensors to :attr:`device` (after a load on another device)."""
+        if hasattr(self, "_weights"):
+            self._weights = self._weights.to(self.device)
 
     # ------------------------------------------------------------------ the assignment
     def weights(self) -> th.Tensor:
         """The assignment ``alpha``: ``(n_agents, k)`` on :attr:`device`, rows summing to 1.
 
-        Differentiable w.r.t. the assigner's parameters when :attr:`requires_grad` is set.
+        Differentiable w.r.t. the assigner's parameters when :attr:`requires_grad` is set. The
+        base class serves the fixed weights that :meth:`_set_weights` or :meth:`_set_hard_assignment`
+        stored; learnable assigners override it.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement `weights()`")
+        return self._weights
+
+    def _set_weights(self, weights: np.ndarray | th.Tensor) -> None:
+        """Store fixed weights ``(n_agents, k)`` (float32, on :attr:`device`)."""
+        self._weights = th.as_tensor(weights, dtype=th.float32, device=self.device)
+
+    def _set_hard_assignment(self, hard_assignment: np.ndarray) -> None:
+        """Store a hard assignment ``(n_agents,)`` and its one-hot weights."""
+        self.hard_assignment = np.asarray(hard_assignment, dtype=np.int64)
+        self._weights = one_hot(self.hard_assignment, self.k, self.device)
 
     def assignment(self) -> np.ndarray:
         """The deployed hard assignment ``(n_agents,)``: each agent's representative (argmax of its row)."""

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch as th
 
-from sb3_rmdp.assigners.base import Assigner, one_hot
+from sb3_rmdp.assigners.base import Assigner
 
 
 def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
@@ -79,17 +78,10 @@ class EMAssigner(Assigner):
             hard = np.arange(self.n_agents) % self.k
         else:
             hard = _check_hard_assignment(self.initial_assignment, self.n_agents, self.k)
-        self.hard_assignment = hard.astype(np.int64)
+        self._set_hard_assignment(hard)
         self.q_table = np.zeros((self.n_agents, self.k), dtype=np.float64)
         self.observed = np.zeros(self.k, dtype=bool)
         self.n_e_steps = 0
-        self._weights = one_hot(self.hard_assignment, self.k, self.device)
-
-    def _on_device_change(self) -> None:
-        self._weights = self._weights.to(self.device)
-
-    def weights(self) -> th.Tensor:
-        return self._weights
 
     def assignment(self) -> np.ndarray:
         return self.hard_assignment.copy()
@@ -113,8 +105,7 @@ class EMAssigner(Assigner):
     def _update(self) -> None:
         self.update_table(self.model.rollout_episode_returns)  # type: ignore[attr-defined]
         if self.n_rollouts > self.warm_start_updates and self.observed.all():
-            self.hard_assignment = e_step(self.q_table, self.hard_assignment)
-            self._weights = one_hot(self.hard_assignment, self.k, self.device)
+            self._set_hard_assignment(e_step(self.q_table, self.hard_assignment))
             self.n_e_steps += 1
 
 

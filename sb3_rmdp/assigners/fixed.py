@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch as th
 
-from sb3_rmdp.assigners.base import Assigner, one_hot
+from sb3_rmdp.assigners.base import Assigner
 
 
 def as_assignment_weights(assignment: np.ndarray | list, n_agents: int, k: int) -> np.ndarray:
@@ -45,14 +44,7 @@ class FixedAssigner(Assigner):
         self.given = np.asarray(assignment)
 
     def _setup(self) -> None:
-        weights = as_assignment_weights(self.given, self.n_agents, self.k)
-        self._weights = th.as_tensor(weights, dtype=th.float32, device=self.device)
-
-    def _on_device_change(self) -> None:
-        self._weights = self._weights.to(self.device)
-
-    def weights(self) -> th.Tensor:
-        return self._weights
+        self._set_weights(as_assignment_weights(self.given, self.n_agents, self.k))
 
 
 def equal_width_bins(
@@ -89,14 +81,9 @@ class OracleAssigner(Assigner):
                 "OracleAssigner needs one parameter per agent: the env must declare `agent_params` of shape "
                 "(n_agents, 1), as velocity populations do. For other populations use FixedAssigner."
             )
-        self.hard_assignment = equal_width_bins(self.agent_params.reshape(-1), self.k, self.low, self.high)
-        self._weights = one_hot(self.hard_assignment, self.k, self.device)
-
-    def _on_device_change(self) -> None:
-        self._weights = self._weights.to(self.device)
-
-    def weights(self) -> th.Tensor:
-        return self._weights
+        self._set_hard_assignment(
+            equal_width_bins(self.agent_params.reshape(-1), self.k, self.low, self.high)
+        )
 
 
 def random_even_assignment(n_agents: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -113,11 +100,4 @@ class RandomAssigner(Assigner):
     """
 
     def _setup(self) -> None:
-        self.hard_assignment = random_even_assignment(self.n_agents, self.k, self.rng)
-        self._weights = one_hot(self.hard_assignment, self.k, self.device)
-
-    def _on_device_change(self) -> None:
-        self._weights = self._weights.to(self.device)
-
-    def weights(self) -> th.Tensor:
-        return self._weights
+        self._set_hard_assignment(random_even_assignment(self.n_agents, self.k, self.rng))

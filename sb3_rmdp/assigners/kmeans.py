@@ -5,9 +5,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch as th
 
-from sb3_rmdp.assigners.base import Assigner, one_hot
+from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 
 
@@ -82,13 +81,7 @@ class KMeansAssigner(Assigner):
         self.hard_assignment = np.full(self.n_agents, -1, dtype=np.int64)
         self.switch_timestep: int | None = None
         self._recorded: list[np.ndarray] = []
-        self._weights = th.full((self.n_agents, self.k), 1.0 / self.k, device=self.device)
-
-    def _on_device_change(self) -> None:
-        self._weights = self._weights.to(self.device)
-
-    def weights(self) -> th.Tensor:
-        return self._weights
+        self._set_weights(np.full((self.n_agents, self.k), 1.0 / self.k))
 
     def _on_training_start(self) -> None:
         if not self.clustered and self.switch_timestep is None:
@@ -107,7 +100,6 @@ class KMeansAssigner(Assigner):
             return
         rewards = np.concatenate(self._recorded, axis=0)[-self.n_samples :]  # (n_samples, n_agents)
         seed = self.seed if self.seed is not None else int(self.rng.integers(2**31 - 1))
-        self.hard_assignment = kmeans_assignment(rewards.T, self.k, seed, self.n_init)
-        self._weights = one_hot(self.hard_assignment, self.k, self.device)
+        self._set_hard_assignment(kmeans_assignment(rewards.T, self.k, seed, self.n_init))
         self.clustered = True
         self._recorded = []
