@@ -9,7 +9,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
@@ -209,7 +209,7 @@ class RMDPPPO(PPO):
         elif isinstance(callback, BaseCallback):
             user_callbacks = [callback]
         else:
-            user_callbacks = [super()._init_callback(callback)]
+            user_callbacks = [ConvertCallback(callback)]
         return super()._init_callback(CallbackList([self.assigner, *user_callbacks]), progress_bar)
 
     # ------------------------------------------------------------------ the assignment, for users

@@ -68,3 +68,22 @@ def test_welfare_and_assignment_are_logged_every_rollout() -> None:
     # The logged welfare is that of the training returns under the current assignment.
     expected = utilitarian_welfare(model.training_returns, model.assignment())
     assert recorded[-1]["welfare/utilitarian"] == pytest.approx(expected)
+
+
+def test_user_callbacks_of_every_sb3_form_run_after_the_assigner() -> None:
+    calls: list[str] = []
+
+    def function_callback(locals_: dict, globals_: dict) -> bool:
+        calls.append("function")
+        return True
+
+    class ListCallback(BaseCallback):
+        def _on_step(self) -> bool:
+            calls.append("list")
+            return True
+
+    model = RMDPPPO("MlpPolicy", make_scaled, k=1, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    model.learn(32, callback=function_callback)
+    model.learn(32, callback=[ListCallback()])
+    assert calls.count("function") == 32 and calls.count("list") == 32
+    assert model.assigner.n_rollouts == 4  # the assigner ran on every rollout of both calls
