@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import make_scaled
-from sb3_rmdp.envs.resource_gathering import optimal_welfare
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_rmdp import RMDPPPO, EMAssigner
+from sb3_rmdp.envs.resource_gathering import optimal_welfare
 from sb3_rmdp.hyperparams import hyperparams_for
 from sb3_rmdp.welfare import evaluate_agent_returns, utilitarian_welfare
 
