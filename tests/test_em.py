@@ -124,3 +124,22 @@ def test_random_assigner_splits_evenly_and_is_seeded() -> None:
     other = RandomAssigner(seed=6)
     other.bind(100, 6)
     assert not np.array_equal(other.assignment(), first.assignment())
+
+
+def test_warm_start_is_capped_at_a_tenth_of_the_planned_updates() -> None:
+    from conftest import make_scaled
+
+    from sb3_rmdp import RMDPPPO
+
+    assigner = EMAssigner(warm_start_updates=50)  # the paper's default
+    model = RMDPPPO(
+        "MlpPolicy", make_scaled, k=2, n_envs=2, n_steps=16, batch_size=32, n_epochs=1, assigner=assigner
+    )
+    model.learn(20 * 32)  # 20 updates planned: a 50-update warm start would never end
+    assert assigner.effective_warm_start == 2
+    assert assigner.n_e_steps == 18
+    one_update = EMAssigner(warm_start_updates=50)
+    RMDPPPO(
+        "MlpPolicy", make_scaled, k=2, n_envs=2, n_steps=16, batch_size=32, n_epochs=1, assigner=long_run
+    ).learn(32)
+    assert one_update.effective_warm_start == 1  # ceil(0.1 x 1 planned update)

@@ -47,11 +47,16 @@ class EMAssigner(Assigner):
     every rollout, column j moves towards the mean return vector of the episodes representative j
     finished in that rollout: ``Q[:, j] <- (1 - mixing) Q[:, j] + mixing G_j`` (eq. 10; one episode
     gives all n returns, since every step yields all n rewards). A column's first observation is taken
-    as it is, so the table carries no bias from its zero start. From rollout ``warm_start_updates + 1``
-    on, an :func:`e_step` follows every table update (eq. 11), so each M-step is one PPO update.
+    as it is, so the table carries no bias from its zero start. After the warm start, an
+    :func:`e_step` follows every table update (eq. 11), so each M-step is one PPO update.
+
+    The warm start is ``warm_start_updates`` PPO updates (the paper's 50, about a tenth of its runs),
+    capped at ``max_warm_start_fraction`` of the updates the first ``learn`` call plans, so that a
+    short run still spends most of its budget personalizing.
 
     :param mixing: the moving-average coefficient lambda in (0, 1]; 1 uses the latest rollout only.
     :param warm_start_updates: PPO updates under the initial assignment before the first E-step.
+    :param max_warm_start_fraction: cap of the warm start, as a fraction of the planned updates.
     :param initial_assignment: ``(n_agents,)``; default round-robin, agent i -> representative i % k.
     :param seed: unused (EM is deterministic); accepted for a uniform assigner API.
     """
@@ -60,6 +65,7 @@ class EMAssigner(Assigner):
         self,
         mixing: float = 0.05,
         warm_start_updates: int = 50,
+        max_warm_start_fraction: float = 0.1,
         initial_assignment: np.ndarray | list[int] | None = None,
         seed: int | None = None,
         verbose: int = 0,
@@ -70,7 +76,12 @@ class EMAssigner(Assigner):
             raise ValueError(f"warm_start_updates={warm_start_updates} must be >= 0.")
         super().__init__(seed=seed, verbose=verbose)
         self.mixing = float(mixing)
+        if not 0.0 <= max_warm_start_fraction <= 1.0:
+            raise ValueError(f"max_warm_start_fraction={max_warm_start_fraction} must lie in [0, 1].")
         self.warm_start_updates = int(warm_start_updates)
+        self.max_warm_start_fraction = float(max_warm_start_fraction)
+        #: the warm start in effect (set when training starts)
+        self.effective_warm_start: int | None = None
         self.initial_assignment = None if initial_assignment is None else np.asarray(initial_assignment)
 
     def _setup(self) -> None:
@@ -102,9 +113,20 @@ class EMAssigner(Assigner):
                 self.q_table[:, j] = mean_return
                 self.observed[j] = True
 
+    def _on_training_start(self) -> None:
+        if self.effective_warm_start is None:
+            total = int(self.locals.get("total_timesteps", 0)) - self.num_timesteps
+            per_update = int(self.model.n_steps * self.model.n_envs)  # type: ignore[attr-defined]
+            planned = max(1, total // max(1, per_update))
+            cap = int(np.ceil(self.max_warm_start_fraction * planned))
+            self.effective_warm_start = min(self.warm_start_updates, cap)
+
     def _update(self) -> None:
         self.update_table(self.model.rollout_episode_returns)  # type: ignore[attr-defined]
-        if self.n_rollouts > self.warm_start_updates and self.observed.all():
+        warm_start = (
+            self.warm_start_updates if self.effective_warm_start is None else self.effective_warm_start
+        )
+        if self.n_rollouts > warm_start and self.observed.all():
             self._set_hard_assignment(e_step(self.q_table, self.hard_assignment))
             self.n_e_steps += 1
 
