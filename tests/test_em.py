@@ -140,6 +140,6 @@ def test_warm_start_is_capped_at_a_tenth_of_the_planned_updates() -> None:
     assert assigner.n_e_steps == 18
     one_update = EMAssigner(warm_start_updates=50)
     RMDPPPO(
-        "MlpPolicy", make_scaled, k=2, n_envs=2, n_steps=16, batch_size=32, n_epochs=1, assigner=long_run
+        "MlpPolicy", make_scaled, k=2, n_envs=2, n_steps=16, batch_size=32, n_epochs=1, assigner=one_update
     ).learn(32)
     assert one_update.effective_warm_start == 1  # ceil(0.1 x 1 planned update)
