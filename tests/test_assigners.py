@@ -128,7 +128,7 @@ def _drive(assigner, n_agents: int, k: int) -> np.ndarray:
     """Bind and feed an assigner three rollouts of synthetic data, as RMDPPPO would."""
     data = np.random.default_rng(7)
     assigner.bind(n_agents, k, agent_params=np.linspace(0, 1, n_agents)[:, None])
-    assigner.model = SimpleNamespace(rollout_episode_returns=None)
+    assigner.model = SimpleNamespace(rollout_episode_returns=None, n_steps=40, n_envs=2)
     assigner.locals = {"total_timesteps": 200}
     assigner.num_timesteps = 0
     assigner._on_training_start()
