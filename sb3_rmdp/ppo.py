@@ -32,19 +32,25 @@ def normalize_per_representative(advantages: th.Tensor, representatives: th.Tens
     scale. A representative with a single sample in the minibatch gets advantage 0 (nothing to
     normalize against).
 
+    The mean and std are constants for autograd. The values are the same either way, but a learned
+    assignment then gets the gradient of eq. 12 itself (each agent's clipped surrogate advantage,
+    divided by its representative's std), not the gradient through the statistics. That gradient is
+    invariant to a representative's total weight and only rewards agents that are atypical within it.
+    Measured on Resource Gathering (end-to-end, 50k steps per representative, seeds 0/1):
+    k=3 82.56/84.64 instead of 79.28/76.56; k=10 89.76/86.64 instead of 83.92 (seed 0).
+
     :param advantages: ``(batch,)`` marginal advantages.
     :param representatives: ``(batch,)`` long.
     :return: ``(batch,)``.
     """
-    counts = th.bincount(representatives, minlength=k).to(advantages.dtype)
-    sums = th.zeros(k, dtype=advantages.dtype, device=advantages.device).index_add(
-        0, representatives, advantages
-    )
-    centered = advantages - (sums / counts.clamp(min=1))[representatives]
-    squares = th.zeros_like(sums).index_add(0, representatives, centered * centered)
-    # Unbiased, like th.std; the clamp keeps the gradient finite when a group's advantages are equal.
-    std = (squares / (counts - 1).clamp(min=1)).clamp(min=1e-16).sqrt()
-    normalized = centered / (std[representatives] + 1e-8)
+    with th.no_grad():
+        counts = th.bincount(representatives, minlength=k).to(advantages.dtype)
+        sums = th.zeros(k, dtype=advantages.dtype, device=advantages.device)
+        mean = sums.index_add(0, representatives, advantages.detach()) / counts.clamp(min=1)
+        deviation = advantages.detach() - mean[representatives]
+        squares = th.zeros_like(sums).index_add(0, representatives, deviation * deviation)
+        std = (squares / (counts - 1).clamp(min=1)).sqrt()  # unbiased, like th.std
+    normalized = (advantages - mean[representatives]) / (std[representatives] + 1e-8)
     return th.where(counts[representatives] > 1, normalized, th.zeros_like(normalized))
 
 

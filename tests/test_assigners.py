@@ -156,3 +156,22 @@ def test_every_assigner_is_deterministic_and_leaves_global_rngs_alone(name: str)
     assert th.equal(th.get_rng_state(), torch_state)
     if name in ("end_to_end", "random"):
         assert not np.array_equal(first, _drive(ALL[name](4), 12, 3))
+
+
+def test_assignment_gradient_is_eq_12_scaled_per_representative() -> None:
+    # d/d alpha[i, j] of sum_t c_t * normalized_t = sum_{t in j} c_t A^{ij}_t / std_j: the statistics of
+    # the normalization are constants, so the assignment follows eq. 12 (not the statistics' gradient).
+    from sb3_rmdp.ppo import normalize_per_representative
+
+    rng = np.random.default_rng(3)
+    representatives = th.tensor([0] * 10 + [1] * 6)
+    advantages = th.as_tensor(rng.normal(size=(16, 4)), dtype=th.float32)
+    alpha = th.softmax(th.as_tensor(rng.normal(size=(4, 2)), dtype=th.float32), dim=1).requires_grad_(True)
+    weights = th.as_tensor(rng.normal(size=16), dtype=th.float32)
+    marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
+    (normalize_per_representative(marginal, representatives, 2) * weights).sum().backward()
+    for j in range(2):
+        members = representatives == j
+        std = marginal.detach()[members].std()
+        expected = (weights[members, None] * advantages[members]).sum(dim=0) / (std + 1e-8)
+        assert th.allclose(alpha.grad[:, j], expected, atol=1e-5)
