@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_rmdp.assigners import Assigner, make_assigner
-from sb3_rmdp.buffers import RMDPRolloutBuffer, slot_representatives
+from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
 from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
@@ -176,8 +176,8 @@ class RMDPPPO(PPO):
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "n_agents": self.n_agents, "k": self.k}
         super()._setup_model()
         self.assigner.bind(self.n_agents, self.k, self.agent_params, seed=self.seed, device=self.device)
-        slots = slot_representatives(self.n_envs, self.k)
-        self._slot_representatives = RepresentativeGroups.of(th.as_tensor(slots, device=self.device), self.k)
+        slots = th.as_tensor(self.rollout_buffer.slot_representatives, device=self.device)
+        self._slot_representatives = RepresentativeGroups.of(slots, self.k)
         if getattr(self, "_episode_agent_returns", None) is None or self._episode_agent_returns.shape != (
             self.n_envs,
             self.n_agents,

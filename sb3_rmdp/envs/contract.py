@@ -94,7 +94,6 @@ class AgentRewardsWrapper(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         agent_rewards = check_agent_rewards(reward, self.n_agents)
-        info = dict(info)
         info[AGENT_REWARDS_KEY] = agent_rewards
         return obs, float(agent_rewards.mean()), terminated, truncated, info
 
