@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 
@@ -11,7 +12,13 @@ import pytest
 
 import sb3_rmdp  # noqa: F401  (registers the envs)
 from sb3_rmdp.envs import AgentRewardsWrapper, agent_params_of, n_agents_of
-from sb3_rmdp.envs.velocity import TARGET_RANGES, velocity_rewards, velocity_targets
+from sb3_rmdp.envs.velocity import (
+    TARGET_RANGES,
+    make_velocity_env,
+    velocity_rewards,
+    velocity_targets,
+    welfare_upper_bound,
+)
 
 
 def test_each_agent_reward_matches_the_formula_on_recorded_velocities() -> None:
@@ -74,3 +81,51 @@ def test_halfcheetah_loads_without_mujoco_warnings_or_log_file(tmp_path, capfd) 
         os.chdir(cwd)
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
     assert "settotalmass" not in capfd.readouterr().err
+
+
+def _brute_force_bound(targets: np.ndarray, k: int, b: float, grid_points: int = 81) -> float:
+    """Best welfare over every k-subset of a fine speed grid (plus the targets themselves)."""
+    speeds = np.unique(np.concatenate([targets, np.linspace(0.0, b, grid_points)]))
+    tents = np.clip(1 - np.abs(speeds[:, None] - targets[None, :]) / (b / 20), 0, 1)
+    best = 0.0
+    for subset in itertools.combinations(range(len(speeds)), min(k, len(speeds))):
+        best = max(best, 100 * tents[list(subset)].max(axis=0).mean())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_upper_bound_equals_brute_force_on_small_populations(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    b = float(rng.uniform(0.4, 1.2))
+    targets = rng.uniform(0, b, size=int(rng.integers(1, 7)))
+    k = int(rng.integers(1, 4))
+    assert np.isclose(welfare_upper_bound(targets, k, b), _brute_force_bound(targets, k, b), atol=1e-9)
+
+
+def test_upper_bound_is_monotone_in_k_and_reaches_100() -> None:
+    targets = velocity_targets(100, 4.0, seed=0)
+    bounds = [welfare_upper_bound(targets, k, 4.0) for k in (1, 2, 5, 10, 50, 100)]
+    assert all(a < b for a, b in itertools.pairwise(bounds[:-1]))
+    assert bounds[-1] == 100.0
+    # agent_params (n, 1) are accepted as targets, and an agent alone gets its full 100
+    assert welfare_upper_bound(targets[:, None], 5, 4.0) == bounds[2]
+    assert welfare_upper_bound(np.array([1.0]), 1, 4.0) == 100.0
+    # two far-apart groups of identical targets: one representative per group
+    assert np.isclose(welfare_upper_bound(np.array([0.5, 0.5, 3.0, 3.0, 3.0]), 2, 4.0), 100.0)
+    assert np.isclose(welfare_upper_bound(np.array([0.5, 0.5, 3.0, 3.0, 3.0]), 1, 4.0), 60.0)
+
+
+def test_upper_bound_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="k=0"):
+        welfare_upper_bound(np.array([1.0]), 0, 4.0)
+    with pytest.raises(ValueError, match="b > 0"):
+        welfare_upper_bound(np.array([1.0]), 1, 0.0)
+    with pytest.raises(ValueError, match="at least one target"):
+        welfare_upper_bound(np.array([]), 1, 4.0)
+
+
+def test_bad_velocity_kwargs_give_clear_errors() -> None:
+    with pytest.raises(ValueError, match="at least one agent"):
+        gym.make("sb3_rmdp/HalfCheetahVelocity-v0", n_agents=0)
+    with pytest.raises(ValueError, match="No velocity population"):
+        make_velocity_env("Swimmer-v5")

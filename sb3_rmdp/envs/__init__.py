@@ -19,6 +19,7 @@ _ENVS = {
     "sb3_rmdp/AntVelocity-v0": "sb3_rmdp.envs.velocity:ant_velocity",
     "sb3_rmdp/HopperVelocity-v0": "sb3_rmdp.envs.velocity:hopper_velocity",
     "sb3_rmdp/Walker2dVelocity-v0": "sb3_rmdp.envs.velocity:walker2d_velocity",
+    "sb3_rmdp/Preference-v0": "sb3_rmdp.envs.preference:make_preference_env",
 }
 for _env_id, _entry_point in _ENVS.items():
     if _env_id not in registry:

@@ -135,3 +135,56 @@ def hopper_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> Veloci
 def walker2d_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
     """``sb3_rmdp/Walker2dVelocity-v0``: targets in [0, 2.5], falls end the episode."""
     return make_velocity_env("Walker2d-v5", n_agents, seed, **kwargs)
+
+
+def welfare_upper_bound(targets: np.ndarray, k: int, b: float, episode_steps: int = 1000) -> float:
+    """The best welfare any ``k`` representatives can reach on a velocity population (exact).
+
+    Per step a representative moves at one speed, and agent i collects ``0.1 * tent(speed - v_i)``
+    from the representative it is assigned to, with ``tent(d) = clip(1 - |d| / w, 0, 1)`` and
+    ``w = b / 20``. Holding one constant speed per representative for the whole episode is therefore
+    optimal, and the bound is the 1-D k-placement problem ``max over speeds s_1..s_k`` of
+    ``mean_i max_j 0.1 * episode_steps * tent(s_j - v_i)``. For a fixed group the objective is a sum
+    of tents, piecewise linear with its only concave kinks at the targets, so some optimum puts every
+    representative on a target; agents go to their nearest representative, so a dynamic programme
+    over the sorted targets is exact: ``O(k n^2)`` time, ``O(n^2)`` memory.
+
+    :param targets: the agents' target velocities ``(n_agents,)`` (or ``agent_params`` ``(n_agents, 1)``).
+    :param k: number of representatives (``k >= n_agents`` gives every agent its own).
+    :param b: the population's target range ``[0, b]`` (sets the width ``w = b / 20``).
+    :param episode_steps: steps per episode (1000 for gymnasium's MuJoCo envs).
+    :return: the welfare bound (mean over agents of their best return), in ``[0, 0.1 * episode_steps]``.
+    """
+    v = np.sort(np.asarray(targets, dtype=np.float64).reshape(-1))
+    n = len(v)
+    if n < 1:
+        raise ValueError("welfare_upper_bound needs at least one target.")
+    if k < 1:
+        raise ValueError(f"k={k}: at least one representative is needed.")
+    if b <= 0:
+        raise ValueError(f"b={b}: the target range [0, b] must have b > 0.")
+    peak = 0.1 * episode_steps
+    if k >= n:
+        return peak
+    width = b / 20.0
+    # tent[c, i]: agent i's return when the representative sits on target c.
+    tent = np.clip(1.0 - np.abs(v[:, None] - v[None, :]) / width, 0.0, 1.0)
+    # left[c, i]: total of agents 0..i-1 served by a representative on target c;
+    # right[c, i]: total of agents i..n-1 served by c.
+    left = np.concatenate([np.zeros((n, 1)), np.cumsum(tent, axis=1)], axis=1)
+    right = left[:, -1:] - left
+    # Between consecutive representatives on targets a < c, agent i goes to the nearer one:
+    # agents with v_i <= (v_a + v_c) / 2 to a, the rest to c. split[a, c] = first index that goes to c.
+    midpoints = 0.5 * (v[:, None] + v[None, :])
+    split = np.searchsorted(v, midpoints, side="right")
+    a_idx, c_idx = np.indices((n, n))
+    # between[a, c]: agents a+1..c, split between a and c (a < c); -inf where a >= c.
+    between = left[a_idx, split] - left[a_idx, a_idx + 1] + left[c_idx, c_idx + 1] - left[c_idx, split]
+    between = np.where(a_idx < c_idx, between, -np.inf)
+    # best[c]: best total of agents 0..c with the last representative on target c.
+    best = left[np.arange(n), np.arange(n) + 1]  # one representative: agents 0..c all served by c
+    answer = float(np.max(best + right[np.arange(n), np.arange(n) + 1]))
+    for _ in range(1, k):
+        best = np.max(best[:, None] + between, axis=0)
+        answer = max(answer, float(np.max(best + right[np.arange(n), np.arange(n) + 1])))
+    return peak * answer / n
