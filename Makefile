@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench docs clean
 
 install: $(STAMP)
 
@@ -29,16 +29,22 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sb3_rmdp tests benchmarks examples
-	$(VENV)/bin/ruff format --check sb3_rmdp tests benchmarks examples
+	$(VENV)/bin/ruff check sb3_rmdp tests benchmarks examples docs
+	$(VENV)/bin/ruff format --check sb3_rmdp tests benchmarks examples docs
 	$(VENV)/bin/mypy sb3_rmdp
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format sb3_rmdp tests benchmarks examples
-	$(VENV)/bin/ruff check --fix sb3_rmdp tests benchmarks examples
+	$(VENV)/bin/ruff format sb3_rmdp tests benchmarks examples docs
+	$(VENV)/bin/ruff check --fix sb3_rmdp tests benchmarks examples docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 
+# The site (mkdocs.yml, docs/) into site/; --strict fails on any warning (broken link, bad docstring).
+# The benchmark PNGs and result tables come straight from benchmarks/results/ (docs/hooks.py), so
+# re-running a benchmark updates the site with no copy to refresh. `make test` builds it too.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info demo_output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info demo_output site .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from sb3_rmdp.assigners import (
     RandomAssigner,
 )
 from sb3_rmdp.buffers import RMDPRolloutBuffer
+from sb3_rmdp.export import export_representative, review_dossier
 from sb3_rmdp.policies import MlpPolicy, MultiRepresentativePolicy
 from sb3_rmdp.ppo import RMDPPPO
 from sb3_rmdp.welfare import (
@@ -45,6 +46,8 @@ __all__ = [
     "egalitarian_welfare",
     "envs",
     "evaluate_agent_returns",
+    "export_representative",
     "nash_welfare",
+    "review_dossier",
     "utilitarian_welfare",
 ]

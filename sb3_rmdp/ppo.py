@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import pathlib
+import random
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -72,6 +76,27 @@ class RMDPPPO(PPO):
     :param n_envs: env slots to create when ``env`` is not a VecEnv (default ``k``); a multiple of k.
     :param env_kwargs: keyword arguments for ``gym.make`` when ``env`` is an id (or for a factory).
     The other parameters are SB3's :class:`~stable_baselines3.PPO`'s.
+
+    **Saving and resuming.** :meth:`save` writes SB3's zip: the policy and its optimizer as state dicts,
+    and everything else pickled, the assigner included with its whole state (weights, EM's table and
+    counters, end-to-end's logits and their Adam state, K-means's phase and recorded rewards, its
+    generators; see :meth:`Assigner.__getstate__ <sb3_rmdp.assigners.Assigner.__getstate__>`), the
+    rollout state (``_last_obs``, ``_last_episode_starts``, the returns of the episodes in progress,
+    ``training_returns``) and the global Python, NumPy and torch random states (NumPy's shuffles the
+    minibatches, torch's samples the actions), which :meth:`load` restores. So::
+
+        model.learn(n); model.save(path)  # and keep the env in its state, e.g. pickle model.get_env()
+        model = RMDPPPO.load(path, env=env_in_that_state, force_reset=False)
+        model.learn(n, reset_num_timesteps=False)
+
+    trains exactly, bit for bit, as ``learn(n); learn(n, reset_num_timesteps=False)`` without the
+    round trip. The envs are not in the zip (SB3 never saves them): give back the same VecEnv, or a copy
+    pickled at save time (``cloudpickle.dump(model.get_env(), f)``; VecNormalize statistics included),
+    with ``force_reset=False``. With SB3's default ``force_reset=True`` the envs are reset and the
+    episodes in progress are dropped: training goes on correctly, but not bit for bit. ``learn(2 * n)``
+    equals the two calls as long as nothing is planned from a call's budget (learning-rate and clip
+    schedules follow each call's progress; EM's warm-start cap and K-means's switch are set by the
+    first call).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": MultiRepresentativePolicy}
@@ -165,6 +190,9 @@ class RMDPPPO(PPO):
 
     # ------------------------------------------------------------------ set-up
     def _setup_model(self) -> None:
+        if self.env is not None:
+            # After `load(path, env)`, `k` and `n_agents` are the file's and `env` is the new one.
+            _check_env_fits(self.env, self.k, self.n_agents)
         if not issubclass(self.policy_class, MultiRepresentativePolicy):
             raise ValueError(
                 f"RMDPPPO needs a MultiRepresentativePolicy (k action heads, per-agent critic), got "
@@ -183,6 +211,73 @@ class RMDPPPO(PPO):
             self.n_agents,
         ):
             self._reset_episode_tracking()
+
+    def _excluded_save_params(self) -> list[str]:
+        # Rebuilt by `_setup_model`; it holds a tensor on the model's device.
+        return [*super()._excluded_save_params(), "_slot_representatives"]
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """SB3's ``save``, plus the global random states that :meth:`load` restores (see the class notes)."""
+        self._random_state = _global_random_state()
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            del self._random_state
+
+    @classmethod
+    def load(
+        cls: type[SelfRMDPPPO],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfRMDPPPO:
+        """SB3's ``load``; then the global Python, NumPy and torch random states are set to the saved ones.
+
+        (SB3's own ``load`` re-seeds them with the model's seed; restoring the saved states instead is
+        what lets ``learn(..., reset_num_timesteps=False)`` continue bit for bit.) For an exact resume,
+        pass ``env`` in its state at save time and ``force_reset=False`` (see the class notes).
+
+        :raises ValueError: if ``env`` has another number of agents than the file, or a number of env
+            slots that is not a multiple of its k, or if ``k`` or ``n_agents`` are passed (they are fixed
+            by the saved networks).
+        """
+        for name in ("k", "n_agents"):
+            if name in kwargs:
+                raise ValueError(
+                    f"load(..., {name}={kwargs[name]}): {name} is fixed by the saved networks and cannot "
+                    f"change on load; train a new RMDPPPO for another {name}."
+                )
+        model = super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
+        random_state = model.__dict__.pop("_random_state", None)
+        if random_state is not None:
+            _set_global_random_state(random_state)
+        return model
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """SB3's ``set_env``, checking first that ``env`` has this model's agents and fits its k.
+
+        :raises ValueError: on another number of agents, or env slots that are not a multiple of k.
+        """
+        vec_env = env if isinstance(env, VecEnv) else self._wrap_env(env, self.verbose)
+        _check_env_fits(vec_env, self.k, self.n_agents)
+        super().set_env(vec_env, force_reset=force_reset)
 
     def _reset_episode_tracking(self) -> None:
         #: running undiscounted return of the episode in progress in each slot, ``(n_envs, n_agents)``
@@ -465,6 +560,46 @@ def _slots_error(n_envs: int, k: int) -> str:
         f"n_envs={n_envs} env slots cannot be shared evenly by k={k} representatives (slot e is driven by "
         f"representative e % k): use a multiple of k, e.g. n_envs={k * max(1, round(n_envs / k))}."
     )
+
+
+def _check_env_fits(env: VecEnv, k: int, n_agents: int) -> None:
+    """Raise a ``ValueError`` naming the mismatch when ``env`` is not an r-MDP this model can train on."""
+    env_agents = vec_env_n_agents(as_rmdp_vec_env(env))
+    if env_agents != n_agents:
+        raise ValueError(
+            f"The env has {env_agents} agents, but this model was built for n_agents={n_agents} (k={k}): "
+            f"its critic and assignment have one entry per agent. Pass an env of the same r-MDP "
+            f"({n_agents} agents), or train a new RMDPPPO on this env."
+        )
+    if env.num_envs % k != 0:
+        raise ValueError(
+            f"The env has {env.num_envs} env slots, which k={k} representatives of this model cannot share "
+            f"(slot e is driven by representative e % k): build the VecEnv with a multiple of k slots, e.g. "
+            f"make_rmdp_vec_env(env, n_envs={k * max(1, round(env.num_envs / k))})."
+        )
+
+
+def _global_random_state() -> dict[str, Any]:
+    """The global Python, NumPy and torch (CPU and CUDA) random states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # SB3's rollout buffer shuffles minibatches with the legacy global generator.
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": th.get_rng_state(),
+    }
+    if th.cuda.is_available():
+        state["cuda"] = th.cuda.get_rng_state_all()
+    return state
+
+
+def _set_global_random_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`_global_random_state` returned (CUDA's only where the same GPUs are present)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    th.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and th.cuda.is_available() and len(cuda) == th.cuda.device_count():
+        th.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def _agent_rewards(infos: list[dict[str, Any]], n_agents: int) -> np.ndarray:

@@ -175,3 +175,71 @@ def test_assignment_gradient_is_eq_12_scaled_per_representative() -> None:
         std = marginal.detach()[members].std()
         expected = (weights[members, None] * advantages[members]).sum(dim=0) / (std + 1e-8)
         assert th.allclose(alpha.grad[:, j], expected, atol=1e-5)
+
+
+def test_with_one_representative_every_assigner_trains_the_same_policy() -> None:
+    # At k=1 there is nothing to assign: benchmarks/mujoco_velocity.py trains the k=1 cell once.
+    def parameters(assigner) -> dict[str, th.Tensor]:
+        model = RMDPPPO(
+            "MlpPolicy",
+            make_scaled,
+            k=1,
+            n_envs=2,
+            n_steps=32,
+            batch_size=32,
+            n_epochs=2,
+            seed=5,
+            assigner=assigner,
+        )
+        model.learn(192)
+        return model.policy.state_dict()
+
+    reference = parameters(EMAssigner(warm_start_updates=0))
+    for assigner in (
+        EMAssigner(warm_start_updates=2),
+        EndToEndAssigner(seed=1),
+        KMeansAssigner(n_samples=20, seed=1),
+        RandomAssigner(seed=1),
+        OracleAssigner(),
+    ):
+        state = parameters(assigner)
+        assert all(th.equal(state[name], reference[name]) for name in reference), type(assigner).__name__
+
+
+def test_end_to_end_logs_the_deployed_welfare_and_the_soft_one() -> None:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from sb3_rmdp.welfare import utilitarian_welfare
+
+    recorded: list[dict[str, object]] = []
+    soft_weights: list[np.ndarray] = []
+
+    class Recorder(BaseCallback):
+        # After the assigner's log, before the update that moves the logits again.
+        def _on_rollout_end(self) -> None:
+            recorded.append(dict(self.logger.name_to_value))
+            with th.no_grad():
+                soft_weights.append(self.model.assigner.weights().numpy().copy())
+
+        def _on_step(self) -> bool:
+            return True
+
+    model = RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        n_steps=200,
+        batch_size=100,
+        n_epochs=1,
+        assigner=EndToEndAssigner(init_scale=0.3, seed=0),
+        seed=0,
+    )
+    model.learn(400, callback=Recorder())
+    table, soft = model.training_returns, soft_weights[-1]
+    assert np.array_equal(model.assignment(), soft.argmax(axis=1))
+    assert recorded[-1]["welfare/utilitarian"] == pytest.approx(
+        utilitarian_welfare(table, model.assignment())
+    )
+    assert recorded[-1]["welfare/soft"] == pytest.approx(utilitarian_welfare(table, soft))
+    assert recorded[-1]["welfare/soft"] != pytest.approx(recorded[-1]["welfare/utilitarian"])

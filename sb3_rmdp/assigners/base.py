@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from sb3_rmdp.welfare import egalitarian_welfare, nash_welfare, utilitarian_welf
 
 # Keys an `Assigner` must not pickle: they point back at the model (which is saved on its own).
 _UNPICKLED = ("model", "locals", "globals", "parent")
+# Key of the pickled state that holds the torch part, written by `th.save`.
+_TORCH_STATE = "_torch_state"
 
 
 class Assigner(BaseCallback):
@@ -127,15 +130,17 @@ class Assigner(BaseCallback):
         """Update the assignment from the finished rollout (``self.model`` holds its data)."""
 
     def _log(self) -> None:
-        """Record ``welfare/*`` (training returns, current weights) and ``assignment/*`` in SB3's logger."""
+        """Record ``welfare/*`` and ``assignment/*`` in SB3's logger.
+
+        ``welfare/*`` is the welfare of the **deployed** hard assignment (each agent's argmax) on the
+        last rollouts' training returns: what users would get; soft assigners add their own soft figure.
+        """
         table = getattr(self.model, "training_returns", None)
-        with th.no_grad():
-            alpha = self.weights().detach().cpu().numpy()
+        hard = self.assignment()
         if table is not None and np.all(np.isfinite(table)):
-            self.logger.record("welfare/utilitarian", utilitarian_welfare(table, alpha))
-            self.logger.record("welfare/egalitarian", egalitarian_welfare(table, alpha))
-            self.logger.record("welfare/nash", nash_welfare(table, alpha))
-        hard = alpha.argmax(axis=1)
+            self.logger.record("welfare/utilitarian", utilitarian_welfare(table, hard))
+            self.logger.record("welfare/egalitarian", egalitarian_welfare(table, hard))
+            self.logger.record("welfare/nash", nash_welfare(table, hard))
         sizes = np.bincount(hard, minlength=self.k)
         changes = (
             0 if self._last_logged_assignment is None else int((hard != self._last_logged_assignment).sum())
@@ -147,13 +152,47 @@ class Assigner(BaseCallback):
         self.logger.record("assignment/sizes", th.as_tensor(sizes), exclude=("stdout", "log", "json", "csv"))
 
     def __getstate__(self) -> dict[str, Any]:
+        """The assigner's whole state but the model (saved on its own): what ``RMDPPPO.save`` stores.
+
+        Plain attributes (numpy tables, counters, the ``np.random.Generator`` with its bit-generator
+        state) are pickled as they are. Attributes that hold torch state (tensors, parameters, modules,
+        optimizers) are written together by ``th.save``, so an optimizer still points at its parameters
+        once read back, and :meth:`__setstate__` reads them onto the CPU whatever device they were saved
+        from: a model saved on a GPU loads on a CPU-only machine, and :meth:`bind` then moves the state
+        to the model's device. A ``th.Generator`` travels as its device and state.
+        """
         state = self.__dict__.copy()
         for key in _UNPICKLED:
             state.pop(key, None)
+        objects: dict[str, Any] = {}
+        generators: dict[str, tuple[str, th.Tensor]] = {}
+        for key, value in list(state.items()):
+            if isinstance(value, th.Generator):
+                generators[key] = (str(value.device), value.get_state())
+            elif isinstance(value, (th.Tensor, th.nn.Module, th.optim.Optimizer)):
+                objects[key] = value
+            else:
+                continue
+            del state[key]
+        if objects or generators:
+            buffer = io.BytesIO()
+            th.save({"objects": objects, "generators": generators}, buffer)
+            state[_TORCH_STATE] = buffer.getvalue()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        blob = state.pop(_TORCH_STATE, None)
         self.__dict__.update(state)
+        if blob is not None:
+            torch_state = th.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+            self.__dict__.update(torch_state["objects"])
+            for key, (device, generator_state) in torch_state["generators"].items():
+                generator = th.Generator(device=device)
+                generator.set_state(generator_state)
+                setattr(self, key, generator)
+            # The tensors are on the CPU now; `bind` moves them to the model's device.
+            self.device = th.device("cpu")
         self.model = None  # type: ignore[assignment]
         self.locals, self.globals, self.parent = {}, {}, None
 

@@ -72,12 +72,13 @@ class PreferencePopulation(gym.Wrapper):
         self.weights = weights
         self.n_agents = len(weights)
         self.agent_params = weights
-        # Bounds of w . r over the objectives' box: each term lies between w*low and w*high.
-        low = np.minimum(weights * objectives.low, weights * objectives.high).sum(axis=1)
-        high = np.maximum(weights * objectives.low, weights * objectives.high).sum(axis=1)
+        # Bounds of w . r over the objectives' box: each term lies between w*low and w*high (0 where w = 0).
+        with np.errstate(invalid="ignore"):
+            ends = np.stack([weights * objectives.low, weights * objectives.high])
+        ends = np.where(weights == 0, 0.0, ends)
         self.reward_space = spaces.Box(
-            np.nan_to_num(low, nan=-np.inf).astype(np.float32),
-            np.nan_to_num(high, nan=np.inf).astype(np.float32),
+            ends.min(axis=0).sum(axis=1).astype(np.float32),
+            ends.max(axis=0).sum(axis=1).astype(np.float32),
             dtype=np.float32,
         )
 

@@ -1,0 +1,28 @@
+"""Helpers shared by the welfare benchmarks: mean and standard error, CSV writing."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=float)
+    if len(array) == 0:
+        return float("nan"), float("nan")
+    se = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else 0.0
+    return float(array.mean()), se
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row per cell; keys starting with ``_`` (in-memory extras such as paths) are left out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = [f for f in rows[0] if not f.startswith("_")]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

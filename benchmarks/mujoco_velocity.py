@@ -1,0 +1,305 @@
+"""MuJoCo velocity populations, welfare vs k: EM, end-to-end, K-means, random and oracle (paper Figs 3-5).
+
+Every cell (env, algorithm, k, seed) draws a population of ``n_agents`` target velocities from
+``seed``, trains ``RMDPPPO`` for ``budget_per_representative x k`` env steps (the paper's PPO settings:
+two 64-unit tanh layers, 2048 steps per slot and update, minibatches of 64, 10 epochs, lr
+3e-4 -> 1e-4, observations normalized with SB3's ``VecNormalize``), then runs real deterministic
+evaluation episodes of every representative and scores the **deployed** hard assignment.
+``welfare_train`` is the paper's measure: the last rollouts' training returns under the assignment
+weights. ``upper_bound`` is :func:`sb3_rmdp.envs.velocity.welfare_upper_bound` for the cell's
+targets, and ``fraction_of_bound`` their ratio.
+
+At k = 1 every assigner gives the one representative every agent (tested in
+``tests/test_assigners.py``: their parameters are bit-identical), so with ``--share-k1`` (default)
+the k = 1 cell is trained once per seed and its row is reported for every algorithm, marked in the
+``shared_with`` column.
+
+What fits 2 cores in a session (the committed results)::
+
+    python benchmarks/mujoco_velocity.py --envs HalfCheetah --ks 1 2 5 --seeds 0 1 2 \\
+        --budget-per-representative 100000 --n-jobs 2
+
+The paper's full grid (2M transitions per policy, 10 seeds, four robots, k = 50 with n = 1000), for a
+bigger machine::
+
+    python benchmarks/mujoco_velocity.py --envs HalfCheetah Ant Hopper Walker2d --ks 1 2 5 10 \\
+        --large --seeds 0 1 2 3 4 5 6 7 8 9 --budget-per-representative 2000000 --n-jobs 64
+
+Writes ``benchmarks/results/mujoco_velocity_<env>.{csv,json,png}`` and ``..._histograms.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import mean_se, write_csv
+from throughput import machine, versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALGORITHMS = ("em", "end_to_end", "kmeans", "random", "oracle")
+ENVS = ("HalfCheetah", "Ant", "Hopper", "Walker2d")
+HISTOGRAM_K = 5
+
+
+def ppo_kwargs() -> dict[str, Any]:
+    """The reference code's PPO settings, in SB3's terms."""
+    import torch as th
+    from stable_baselines3.common.utils import LinearSchedule
+
+    return {
+        "n_steps": 2048,
+        "batch_size": 64,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "ent_coef": 1e-3,
+        "learning_rate": LinearSchedule(3e-4, 1e-4, 1.0),
+        "policy_kwargs": {"net_arch": [64, 64], "activation_fn": th.nn.Tanh},
+    }
+
+
+def make_assigner(algorithm: str, seed: int, b: float) -> Any:
+    from sb3_rmdp.assigners import (
+        EMAssigner,
+        EndToEndAssigner,
+        KMeansAssigner,
+        OracleAssigner,
+        RandomAssigner,
+    )
+
+    if algorithm == "em":
+        return EMAssigner(mixing=0.05, warm_start_updates=10)
+    if algorithm == "end_to_end":
+        return EndToEndAssigner(lr=2e-3, seed=seed)
+    if algorithm == "kmeans":
+        return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
+    if algorithm == "random":
+        return RandomAssigner(seed=seed)
+    if algorithm == "oracle":
+        return OracleAssigner(low=0.0, high=b)
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
+
+
+def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, budget: int) -> dict[str, Any]:
+    """Train and evaluate one cell; returns its CSV row."""
+    import numpy as np
+    import torch as th
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    th.set_num_threads(1)
+    from sb3_rmdp import RMDPPPO
+    from sb3_rmdp.envs import make_rmdp_vec_env
+    from sb3_rmdp.envs.velocity import TARGET_RANGES, welfare_upper_bound
+    from sb3_rmdp.welfare import best_assignment, evaluate_agent_returns, utilitarian_welfare
+
+    env_id = f"sb3_rmdp/{env_name}Velocity-v0"
+    b = TARGET_RANGES[f"{env_name}-v5"]
+    env_kwargs = {"n_agents": n_agents, "seed": seed}
+    start = time.perf_counter()
+    train_env = VecNormalize(
+        make_rmdp_vec_env(env_id, n_envs=k, seed=seed, env_kwargs=env_kwargs),
+        norm_obs=True,
+        norm_reward=False,
+    )
+    model = RMDPPPO(
+        "MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(algorithm, seed, b), **ppo_kwargs()
+    )
+    model.learn(budget * k)
+    wall = time.perf_counter() - start
+
+    eval_env = VecNormalize(
+        make_rmdp_vec_env(env_id, n_envs=1, seed=10_000 + seed, env_kwargs=env_kwargs),
+        training=False,
+        norm_obs=True,
+        norm_reward=False,
+    )
+    eval_env.obs_rms = train_env.obs_rms
+    table = evaluate_agent_returns(model, eval_env, n_episodes=2)
+    with th.no_grad():
+        weights = model.assigner.weights().cpu().numpy()
+    targets = model.agent_params.reshape(-1)
+    bound = welfare_upper_bound(targets, k, b)
+    welfare = utilitarian_welfare(table, model.assignment())
+    return {
+        "env": env_name,
+        "algorithm": algorithm,
+        "k": k,
+        "n_agents": n_agents,
+        "seed": seed,
+        "budget_per_representative": budget,
+        "welfare_eval": round(welfare, 4),
+        "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
+        "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
+        "upper_bound": round(bound, 4),
+        "fraction_of_bound": round(welfare / bound, 4),
+        "wall_s": round(wall, 1),
+        "shared_with": "",
+        "assignment": " ".join(map(str, model.assignment())),
+        "targets": " ".join(f"{v:.4f}" for v in np.asarray(targets)),
+    }
+
+
+def plot_welfare(rows: list[dict[str, Any]], env_name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({int(r["k"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    bounds = [mean_se([r["upper_bound"] for r in rows if r["k"] == k])[0] for k in ks]
+    ax.plot(ks, bounds, "k--", lw=1.2, label="upper bound (best k constant speeds)")
+    for algorithm in ALGORITHMS:
+        xs = [k for k in ks if any(r["algorithm"] == algorithm and r["k"] == k for r in rows)]
+        if not xs:
+            continue
+        stats = [
+            mean_se([r["welfare_eval"] for r in rows if r["algorithm"] == algorithm and r["k"] == k])
+            for k in xs
+        ]
+        ax.errorbar(
+            xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=algorithm
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("policy budget k")
+    ax.set_ylabel("welfare (evaluation episodes, deployed assignment)")
+    budgets = sorted({int(r["budget_per_representative"]) for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    ax.set_title(f"{env_name} velocity: {budgets} steps per representative, seeds {seeds}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> None:
+    """Figures 4-5: target velocities of each representative's agents, one panel per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sb3_rmdp.envs.velocity import TARGET_RANGES
+
+    k = HISTOGRAM_K if any(r["k"] == HISTOGRAM_K for r in rows) else max(r["k"] for r in rows)
+    seed = min(r["seed"] for r in rows)
+    chosen = [
+        r for a in ALGORITHMS for r in rows if r["algorithm"] == a and r["k"] == k and r["seed"] == seed
+    ]
+    if not chosen:
+        return
+    b = TARGET_RANGES[f"{env_name}-v5"]
+    bins = np.linspace(0, b, 21)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.4 * len(chosen), 3.2), sharey=True)
+    for ax, row in zip(np.atleast_1d(axes), chosen):
+        targets = np.array(row["targets"].split(), dtype=float)
+        assignment = np.array(row["assignment"].split(), dtype=int)
+        groups = [targets[assignment == j] for j in range(k)]
+        ax.hist(groups, bins=bins, stacked=True, label=[f"rep {j}" for j in range(k)])
+        ax.set_title(f"{row['algorithm']}: welfare {row['welfare_eval']:.1f}", fontsize=9)
+        ax.set_xlabel("target velocity")
+    np.atleast_1d(axes)[0].set_ylabel("agents")
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    fig.suptitle(f"{env_name}, k={k}, seed {seed}: assignment over target velocity", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--envs", nargs="*", default=["HalfCheetah"], choices=ENVS)
+    parser.add_argument("--ks", type=int, nargs="*", default=[1, 2, 5, 10])
+    parser.add_argument("--n-agents", type=int, default=100)
+    parser.add_argument("--large", action="store_true", help="add the k=50, n=1000 cell of the paper")
+    parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--budget-per-representative", type=int, default=100_000, help="env steps per policy")
+    parser.add_argument(
+        "--no-share-k1", dest="share_k1", action="store_false", help="train k=1 once per algorithm"
+    )
+    parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    sizes = [(k, args.n_agents) for k in args.ks] + ([(50, 1000)] if args.large else [])
+    cells = []
+    for env_name in args.envs:
+        for k, n in sizes:
+            algorithms = args.algorithms[:1] if (k == 1 and args.share_k1) else args.algorithms
+            cells += [(env_name, a, k, n, s) for a in algorithms for s in args.seeds]
+    cells.sort(key=lambda c: -c[2] * c[3] ** 0.5)  # biggest first: no long straggler at the end
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
+        futures = [pool.submit(run_cell, *cell, args.budget_per_representative) for cell in cells]
+        for done, future in enumerate(as_completed(futures), 1):
+            row = future.result()
+            rows.append(row)
+            print(
+                f"[{done}/{len(cells)}] {row['env']} {row['algorithm']:>10} k={row['k']:>2} "
+                f"seed={row['seed']}: "
+                f"eval {row['welfare_eval']:.2f} ({100 * row['fraction_of_bound']:.0f}% of bound "
+                f"{row['upper_bound']:.2f}) train {row['welfare_train']:.2f} {row['wall_s']:.0f}s",
+                flush=True,
+            )
+    for row in [r for r in rows if r["k"] == 1 and args.share_k1]:
+        for algorithm in args.algorithms[1:]:
+            rows.append({**row, "algorithm": algorithm, "shared_with": row["algorithm"]})
+    rows.sort(key=lambda r: (r["env"], ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
+
+    for env_name in args.envs:
+        env_rows = [r for r in rows if r["env"] == env_name]
+        out = args.out_dir / f"mujoco_velocity_{env_name}"
+        write_csv(env_rows, out.with_suffix(".csv"))
+        summary = {}
+        for algorithm in args.algorithms:
+            for k, n in sizes:
+                cell = [
+                    r for r in env_rows if r["algorithm"] == algorithm and r["k"] == k and r["n_agents"] == n
+                ]
+                mean, se = mean_se([r["welfare_eval"] for r in cell])
+                fraction, _ = mean_se([r["fraction_of_bound"] for r in cell])
+                summary[f"{algorithm}/k={k}/n={n}"] = {
+                    "mean": round(mean, 3),
+                    "se": round(se, 3),
+                    "fraction_of_bound": round(fraction, 3),
+                    "n": len(cell),
+                }
+        meta = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": machine(),
+            "versions": versions(),
+            "env": f"sb3_rmdp/{env_name}Velocity-v0",
+            "seeds": args.seeds,
+            "budget_per_representative": args.budget_per_representative,
+            "ppo": {k: str(v) for k, v in ppo_kwargs().items()},
+            "n_jobs": args.n_jobs,
+            "torch_threads_per_worker": 1,
+            "wall_s": round(time.time() - started, 1),
+            "summary_welfare_eval": summary,
+        }
+        with open(out.with_suffix(".json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        plot_welfare(env_rows, env_name, out.with_suffix(".png"))
+        plot_histograms(env_rows, env_name, out.parent / f"{out.name}_histograms.png")
+        print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

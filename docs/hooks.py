@@ -1,0 +1,140 @@
+"""MkDocs hook: the committed benchmark results, straight from ``benchmarks/results/``.
+
+* Every ``benchmarks/results/*.png`` is served as ``assets/results/<name>.png`` (no copy in docs/ to
+  go stale): pages link to it as ``../assets/results/<name>.png`` and ``--strict`` checks the link.
+* A line ``<!-- results: KIND NAME... -->`` in a page is replaced by a table built from the committed
+  files (so the site never shows a number the results do not hold):
+
+  - ``welfare NAME...``: mean +- standard error of ``welfare_eval`` per algorithm and k, over the rows
+    of ``benchmarks/results/NAME.csv`` (several NAMEs are merged), with the exact optimum;
+  - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
+  - ``throughput``: ``benchmarks/results/throughput.csv``.
+
+An unknown KIND or a missing file stops the build with an error naming it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File, Files
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+ASSETS = "assets/results"
+MARKER = re.compile(r"^<!--\s*results:\s*(\w+)((?:\s+[\w.-]+)*)\s*-->\s*$", re.MULTILINE)
+
+
+def on_files(files: Files, config: Any) -> Files:
+    for png in sorted(RESULTS.glob("*.png")):
+        files.append(File.generated(config, f"{ASSETS}/{png.name}", abs_src_path=str(png)))
+    return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    def replace(match: re.Match[str]) -> str:
+        kind, names = match.group(1), match.group(2).split()
+        if kind == "welfare" and names:
+            return welfare_table(names)
+        if kind == "runs" and names:
+            return runs_list(names)
+        if kind == "throughput" and not names:
+            return throughput_table()
+        raise PluginError(f"{page.file.src_uri}: unknown results marker {match.group(0)!r}")
+
+    return MARKER.sub(replace, markdown)
+
+
+def _read(name: str) -> Path:
+    path = RESULTS / name
+    if not path.is_file():
+        raise PluginError(f"docs/hooks.py: {path} is missing (the docs render the committed results).")
+    return path
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with open(_read(f"{name}.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def welfare_table(names: list[str]) -> str:
+    values: dict[tuple[str, int], list[float]] = defaultdict(list)
+    optimum: dict[int, float] = {}
+    budgets = set()
+    for name in names:
+        for row in _rows(name):
+            k = int(row["k"])
+            values[(row["algorithm"], k)].append(float(row["welfare_eval"]))
+            optimum[k] = float(row["optimal_welfare"])
+            budgets.add(int(row["budget_per_representative"]))
+    algorithms = list(dict.fromkeys(a for a, _ in values))
+    lines = [
+        "| k | " + " | ".join(algorithms) + " | exact optimum |",
+        "|---:|" + "---:|" * len(algorithms) + "---:|",
+    ]
+    for k in sorted(optimum):
+        cells = []
+        for algorithm in algorithms:
+            v = values.get((algorithm, k), [])
+            if not v:
+                cells.append("")
+                continue
+            mean = sum(v) / len(v)
+            se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else 0.0
+            cells.append(f"{mean:.2f} ± {se:.2f} ({len(v)})" if len(v) > 1 else f"{mean:.2f} (1)")
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {optimum[k]:.2f} |")
+    steps = ", ".join(f"{b:,}" for b in sorted(budgets))
+    caption = (
+        f"*Evaluated welfare of the deployed assignment: mean ± standard error (seeds), "
+        f"{steps} env steps per representative. Source: "
+        + ", ".join(f"`benchmarks/results/{n}.csv`" for n in names)
+        + ".*"
+    )
+    return "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def runs_list(names: list[str]) -> str:
+    items = []
+    for name in names:
+        meta = json.loads(_read(f"{name}.json").read_text())
+        machine = meta.get("machine", {})
+        versions = meta.get("versions", {})
+        item = (
+            f"- **`{name}`**: `{meta.get('command', '?')}`, {meta.get('date', '?')}, "
+            f"{machine.get('cpu_count', '?')} CPU cores ({machine.get('cpu', '?')}, "
+            f"{machine.get('gpu', '?')}), wall {meta.get('wall_s', '?')} s; "
+            f"torch {versions.get('torch', '?')}, SB3 {versions.get('stable_baselines3', '?')}."
+        )
+        if meta.get("notes"):
+            item += f" {_escape(meta['notes'])}"
+        items.append(item)
+    return "\n".join(items) + "\n"
+
+
+def _escape(text: str) -> str:
+    """Free text as literal Markdown (no emphasis, code or HTML from its ``*``, ``_``, backticks or ``<``)."""
+    text = re.sub(r"([\\`*_\[\]])", r"\\\1", text)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def throughput_table() -> str:
+    rows = _rows("throughput")
+    lines = [
+        "| config | env | n_agents | k | n_envs | n_steps | RMDPPPO steps/s | SB3 PPO steps/s | ratio "
+        "| peak RSS MB (RMDPPPO / PPO) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rmdp, sb3, ratio = float(r["steps_per_s_rmdp"]), float(r["steps_per_s_sb3"]), float(r["ratio"])
+        rss, rss_sb3 = float(r["peak_rss_mb"]), float(r["peak_rss_mb_sb3"])
+        lines.append(
+            f"| {r['config']} | `{r['env']}` | {r['n_agents']} | {r['k']} | {r['n_envs']} | {r['n_steps']} "
+            f"| {rmdp:.0f} | {sb3:.0f} | {ratio:.2f} | {rss:.0f} / {rss_sb3:.0f} |"
+        )
+    return "\n".join(lines) + "\n\n*Source: `benchmarks/results/throughput.csv`.*\n"
