@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import mean_se, write_csv
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,14 +87,6 @@ def run_cell(algorithm: str, k: int, seed: int, budget_per_representative: int) 
         "assignment": " ".join(map(str, model.assignment())),
         "_paths": [p.tolist() for p in representative_paths(model, gym.make(ENV_ID))],
     }
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    import numpy as np
-
-    array = np.asarray(values, dtype=float)
-    se = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else 0.0
-    return float(array.mean()), se
 
 
 def plot_welfare(rows: list[dict[str, Any]], path: Path) -> None:
@@ -161,6 +154,60 @@ def plot_paths(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, standard error and count of ``welfare_eval`` per (algorithm, k)."""
+    summary = {}
+    for algorithm in ALGORITHMS:
+        for k in sorted({int(r["k"]) for r in rows}):
+            values = [
+                float(r["welfare_eval"]) for r in rows if r["algorithm"] == algorithm and int(r["k"]) == k
+            ]
+            if values:
+                mean, se = mean_se(values)
+                summary[f"{algorithm}/k={k}"] = {"mean": round(mean, 3), "se": round(se, 3), "n": len(values)}
+    return summary
+
+
+def merge(sources: list[Path], out: Path) -> None:
+    """Combine the CSVs of several runs (e.g. one per algorithm) into one result set.
+
+    The JSON lists every source run's own sidecar (command, date, machine, wall time); the paths figure
+    is the EM run's, copied.
+    """
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    runs = []
+    for source in sources:
+        with open(source.with_suffix(".csv")) as f:
+            source_rows = list(csv.DictReader(f))
+            for row in source_rows:
+                for key in ("k", "n_agents", "seed", "budget_per_representative"):
+                    row[key] = int(row[key])
+                for key in ("welfare_eval", "welfare_train", "wall_s"):
+                    row[key] = float(row[key])
+                rows.append(row)
+        with open(source.with_suffix(".json")) as f:
+            runs.append({"csv": source.with_suffix(".csv").name, **json.load(f)})
+        paths_png = source.parent / f"{source.name}_paths.png"
+        if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists():
+            shutil.copyfile(paths_png, out.parent / f"{out.name}_paths.png")
+    rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
+    write_csv(rows, out.with_suffix(".csv"))
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "merged_runs": runs,
+        "wall_s": round(sum(run["wall_s"] for run in runs), 1),
+        "summary_welfare_eval": summarize(rows),
+    }
+    with open(out.with_suffix(".json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    plot_welfare(rows, out.with_suffix(".png"))
+    print(json.dumps(meta["summary_welfare_eval"], indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,7 +220,17 @@ def main() -> None:
     )
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
     parser.add_argument("--out", type=Path, default=RESULTS / "resource_gathering")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="instead of training, combine earlier runs (their --out paths, without suffix) into --out",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     cells = [(a, k, s) for k in args.ks for a in args.algorithms for s in args.seeds]
     # Biggest cells first, so the pool does not end on one long straggler.
@@ -195,18 +252,7 @@ def main() -> None:
             )
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fields = [f for f in rows[0] if not f.startswith("_")]
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {}
-    for algorithm in args.algorithms:
-        for k in args.ks:
-            values = [r["welfare_eval"] for r in rows if r["algorithm"] == algorithm and r["k"] == k]
-            mean, se = mean_se(values)
-            summary[f"{algorithm}/k={k}"] = {"mean": round(mean, 3), "se": round(se, 3), "n": len(values)}
+    write_csv(rows, args.out.with_suffix(".csv"))
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -217,13 +263,13 @@ def main() -> None:
         "n_jobs": args.n_jobs,
         "torch_threads_per_worker": 1,
         "wall_s": round(time.time() - started, 1),
-        "summary_welfare_eval": summary,
+        "summary_welfare_eval": summarize(rows),
     }
     with open(args.out.with_suffix(".json"), "w") as f:
         json.dump(meta, f, indent=2)
     plot_welfare(rows, args.out.with_suffix(".png"))
     plot_paths(rows, args.out.parent / f"{args.out.name}_paths.png")
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(meta["summary_welfare_eval"], indent=1))
 
 
 if __name__ == "__main__":
