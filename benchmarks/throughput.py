@@ -2,10 +2,16 @@
 
 For every configuration both algorithms train on the same r-MDP env (SB3's PPO sees the agents'
 mean reward), with the same number of env slots, network, ``n_steps``, minibatch size, epochs and
-budget. Each run is its own process (so its peak RSS is its own), with one torch thread; runs of the
-two algorithms alternate, and the figures are medians over ``--repeats``.
+budget. Each run is its own process (so its peak RSS, ``VmHWM``, is its own), with one torch thread;
+runs of the two algorithms alternate, and the figures are medians over ``--repeats``.
 
-    python benchmarks/throughput.py                       # the default grid (about 15 min on 2 cores)
+A configuration with ``vec_env="batched"`` (``rg-25-3-vec``) trains on
+:class:`~sb3_rmdp.envs.ResourceGatheringVec` (all slots stepped in NumPy) instead of a ``DummyVecEnv``;
+RMDPPPO also runs on the ``DummyVecEnv`` there, and ``vec_speedup`` is the median ratio of RMDPPPO's
+steps per second on the batched VecEnv to the ``DummyVecEnv`` (the transitions are the same).
+``hc-10000-10`` is a memory smoke run: 10,000 agents, k=10, one short rollout.
+
+    python benchmarks/throughput.py                       # the default grid (about 20 min on 2 cores)
     python benchmarks/throughput.py --quick               # a smoke run
     python benchmarks/throughput.py --configs hc-100-5    # one configuration
 
@@ -22,14 +28,18 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
 class Config:
+    """One benchmark configuration; ``vec_env`` is ``"dummy"`` (SB3's DummyVecEnv) or ``"batched"``
+    (:class:`~sb3_rmdp.envs.ResourceGatheringVec`, Resource Gathering only)."""
+
     name: str
     env: str
     n_agents: int
@@ -37,6 +47,7 @@ class Config:
     n_envs: int
     n_steps: int
     rollouts: int = 3
+    vec_env: str = "dummy"
 
     @property
     def budget(self) -> int:
@@ -52,7 +63,56 @@ CONFIGS = [
     Config("hc-1000-5", HC, 1000, 5, 5, 1024),
     Config("hc-1000-50", HC, 1000, 50, 50, 128, rollouts=2),
     Config("rg-25-3", RG, 25, 3, 3, 512),
+    Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
+    Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
 ]
+#: algorithms of a run: RMDPPPO, SB3's PPO, and RMDPPPO on a DummyVecEnv for a batched configuration
+ALGORITHMS = ("rmdp", "sb3", "rmdp-dummy")
+
+
+def make_vec_env(config: Config, seed: int, vec_env: str | None = None) -> Any:
+    """The configuration's VecEnv (``vec_env`` overrides ``config.vec_env``), seeded as SB3 does."""
+    from sb3_rmdp.envs import ResourceGatheringVec, make_rmdp_vec_env
+
+    if (vec_env or config.vec_env) == "batched":
+        if config.env != RG:
+            raise ValueError(f"{config.name}: vec_env='batched' exists for {RG} only, not {config.env}.")
+        batched = ResourceGatheringVec(config.n_envs)
+        batched.seed(seed)
+        return batched
+    env_kwargs = {} if config.env == RG else {"n_agents": config.n_agents, "seed": seed}
+    return make_rmdp_vec_env(config.env, n_envs=config.n_envs, seed=seed, env_kwargs=env_kwargs)
+
+
+def build_model(config: Config, algorithm: str, seed: int) -> Any:
+    """The configuration's model for ``algorithm`` (one of :data:`ALGORITHMS`), on CPU."""
+    from stable_baselines3 import PPO
+
+    from sb3_rmdp import RMDPPPO
+
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
+    vec_env = make_vec_env(config, seed, "dummy" if algorithm == "rmdp-dummy" else None)
+    common: dict[str, Any] = dict(n_steps=config.n_steps, batch_size=64, n_epochs=10, seed=seed, device="cpu")
+    if algorithm == "sb3":
+        return PPO("MlpPolicy", vec_env, **common)
+    return RMDPPPO("MlpPolicy", vec_env, k=config.k, **common)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: ``VmHWM`` (``ru_maxrss`` where /proc is missing).
+
+    ``VmHWM`` is the high-water mark of this process's own address space; ``ru_maxrss`` of a process
+    started by ``vfork``/``exec`` also counts its parent's (the driver's) peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_single(config: Config, algorithm: str, seed: int) -> dict[str, float]:
@@ -60,27 +120,16 @@ def run_single(config: Config, algorithm: str, seed: int) -> dict[str, float]:
     import torch as th
 
     th.set_num_threads(1)
-    from stable_baselines3 import PPO
-
-    from sb3_rmdp import RMDPPPO
-    from sb3_rmdp.envs import make_rmdp_vec_env
-
-    env_kwargs = {} if config.env == RG else {"n_agents": config.n_agents, "seed": seed}
-    vec_env = make_rmdp_vec_env(config.env, n_envs=config.n_envs, seed=seed, env_kwargs=env_kwargs)
-    common = dict(n_steps=config.n_steps, batch_size=64, n_epochs=10, seed=seed, device="cpu")
-    if algorithm == "rmdp":
-        model = RMDPPPO("MlpPolicy", vec_env, k=config.k, **common)
-    else:
-        model = PPO("MlpPolicy", vec_env, **common)
+    model = build_model(config, algorithm, seed)
     start = time.perf_counter()
     model.learn(config.budget)
     wall = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"wall_s": wall, "steps_per_s": config.budget / wall, "peak_rss_mb": peak_kb / 1024}
+    return {"wall_s": wall, "steps_per_s": config.budget / wall, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_in_subprocess(config: Config, algorithm: str, seed: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--single", config.name, algorithm, str(seed)]
+    command += ["--rollouts", str(config.rollouts)]  # --quick shortens the configuration
     out = subprocess.run(
         command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -132,7 +181,11 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{r['config']}\nn={r['n_agents']} k={r['k']}" for r in rows]
+    names = [
+        f"{r['config']}\nn={r['n_agents']} k={r['k']}"
+        + (f"\nx{r['vec_speedup']} vs Dummy" if r["vec_speedup"] != "" else "")
+        for r in rows
+    ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     x = range(len(rows))
     left.bar([i - 0.2 for i in x], [float(r["steps_per_s_sb3"]) for r in rows], 0.4, label="SB3 PPO")  # type: ignore[arg-type]
@@ -159,12 +212,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one repeat, one rollout each (smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput")
     parser.add_argument("--single", nargs=3, metavar=("CONFIG", "ALGORITHM", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--rollouts", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     by_name = {c.name: c for c in CONFIGS}
 
     if args.single:
         name, algorithm, seed = args.single
-        print(json.dumps(run_single(by_name[name], algorithm, int(seed))))
+        config = by_name[name] if args.rollouts is None else replace(by_name[name], rollouts=args.rollouts)
+        print(json.dumps(run_single(config, algorithm, int(seed))))
         return
 
     started = time.time()
@@ -172,16 +227,17 @@ def main() -> None:
     for name in args.configs:
         config = by_name[name]
         if args.quick:
-            config = Config(
-                config.name, config.env, config.n_agents, config.k, config.n_envs, config.n_steps, 1
-            )
+            config = replace(config, rollouts=1)
             by_name[name] = config
-        runs: dict[str, list[dict[str, float]]] = {"rmdp": [], "sb3": []}
+        algorithms = ["rmdp", "sb3"] + (["rmdp-dummy"] if config.vec_env == "batched" else [])
+        runs: dict[str, list[dict[str, float]]] = {algorithm: [] for algorithm in algorithms}
         for repeat in range(1 if args.quick else args.repeats):
-            order = ("rmdp", "sb3") if repeat % 2 == 0 else ("sb3", "rmdp")
+            order = algorithms if repeat % 2 == 0 else algorithms[::-1]
             for algorithm in order:
                 runs[algorithm].append(run_in_subprocess(config, algorithm, args.seed))
         ratios = [r["steps_per_s"] / s["steps_per_s"] for r, s in zip(runs["rmdp"], runs["sb3"])]
+        dummy_runs = runs.get("rmdp-dummy", [])
+        speedups = [r["steps_per_s"] / d["steps_per_s"] for r, d in zip(runs["rmdp"], dummy_runs)]
         row = {
             "config": name,
             "env": config.env,
@@ -194,6 +250,11 @@ def main() -> None:
             "steps_per_s_rmdp": round(median([r["steps_per_s"] for r in runs["rmdp"]]), 1),
             "steps_per_s_sb3": round(median([r["steps_per_s"] for r in runs["sb3"]]), 1),
             "ratio": round(median(ratios), 3),
+            "vec_env": config.vec_env,
+            "steps_per_s_rmdp_dummy": round(median([d["steps_per_s"] for d in dummy_runs]), 1)
+            if dummy_runs
+            else "",
+            "vec_speedup": round(median(speedups), 3) if speedups else "",
             "peak_rss_mb": round(median([r["peak_rss_mb"] for r in runs["rmdp"]]), 1),
             "peak_rss_mb_sb3": round(median([r["peak_rss_mb"] for r in runs["sb3"]]), 1),
             "wall_s_rmdp": round(median([r["wall_s"] for r in runs["rmdp"]]), 2),
@@ -218,7 +279,11 @@ def main() -> None:
         "configs": [asdict(by_name[n]) for n in args.configs],
         "notes": "median over repeats; ratio = median of per-repeat ratios "
         "(RMDPPPO / SB3 PPO steps per second); "
-        "peak_rss_mb is RMDPPPO's process peak resident memory.",
+        "peak_rss_mb is RMDPPPO's process peak resident memory (VmHWM of its own process); "
+        "vec_speedup (batched configurations only) = median of per-repeat ratios of RMDPPPO's steps "
+        "per second on ResourceGatheringVec to RMDPPPO's on a DummyVecEnv of the same env "
+        "(steps_per_s_rmdp_dummy).",
+        "rows": rows,
     }
     with open(args.out.with_suffix(".json"), "w") as f:
         json.dump(meta, f, indent=2)

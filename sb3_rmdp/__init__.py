@@ -8,6 +8,7 @@ social welfare. ``RMDPPPO("MlpPolicy", env, k=5).learn(2e6)`` trains the k polic
 from sb3_rmdp import envs  # registers the built-in environments
 from sb3_rmdp.assigners import (
     Assigner,
+    CoverageAssigner,
     EMAssigner,
     EndToEndAssigner,
     FixedAssigner,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RMDPPPO",
     "Assigner",
+    "CoverageAssigner",
     "EMAssigner",
     "EndToEndAssigner",
     "FixedAssigner",

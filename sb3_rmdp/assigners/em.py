@@ -59,6 +59,7 @@ class EMAssigner(Assigner):
     :param max_warm_start_fraction: cap of the warm start, as a fraction of the planned updates.
     :param initial_assignment: ``(n_agents,)``; default round-robin, agent i -> representative i % k.
     :param seed: unused (EM is deterministic); accepted for a uniform assigner API.
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
     def __init__(
@@ -69,12 +70,13 @@ class EMAssigner(Assigner):
         initial_assignment: np.ndarray | list[int] | None = None,
         seed: int | None = None,
         verbose: int = 0,
+        figure_every: int = 10,
     ):
         if not 0.0 < mixing <= 1.0:
             raise ValueError(f"mixing={mixing}: the moving-average coefficient must lie in (0, 1].")
         if warm_start_updates < 0:
             raise ValueError(f"warm_start_updates={warm_start_updates} must be >= 0.")
-        super().__init__(seed=seed, verbose=verbose)
+        super().__init__(seed=seed, verbose=verbose, figure_every=figure_every)
         self.mixing = float(mixing)
         if not 0.0 <= max_warm_start_fraction <= 1.0:
             raise ValueError(f"max_warm_start_fraction={max_warm_start_fraction} must lie in [0, 1].")

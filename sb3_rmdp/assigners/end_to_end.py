@@ -23,14 +23,22 @@ class EndToEndAssigner(Assigner):
         (1, as the reference code's ``torch.randn``: a random soft split that breaks the symmetry
         between representatives).
     :param seed: seed of the assigner's generator (``None``: the model's seed).
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
     requires_grad = True
 
-    def __init__(self, lr: float = 2e-3, init_scale: float = 1.0, seed: int | None = None, verbose: int = 0):
+    def __init__(
+        self,
+        lr: float = 2e-3,
+        init_scale: float = 1.0,
+        seed: int | None = None,
+        verbose: int = 0,
+        figure_every: int = 10,
+    ):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
-        super().__init__(seed=seed, verbose=verbose)
+        super().__init__(seed=seed, verbose=verbose, figure_every=figure_every)
         self.lr = float(lr)
         self.init_scale = float(init_scale)
 

@@ -37,10 +37,11 @@ class FixedAssigner(Assigner):
     """A fixed assignment given up front: hard ``(n_agents,)`` indices or soft ``(n_agents, k)`` weights.
 
     :param assignment: the assignment; validated against the env when the model is set up.
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
-    def __init__(self, assignment: np.ndarray | list, verbose: int = 0):
-        super().__init__(verbose=verbose)
+    def __init__(self, assignment: np.ndarray | list, verbose: int = 0, figure_every: int = 10):
+        super().__init__(verbose=verbose, figure_every=figure_every)
         self.given = np.asarray(assignment)
 
     def _setup(self) -> None:
@@ -69,10 +70,13 @@ class OracleAssigner(Assigner):
     :param low: lower end of the parameter range (default: the smallest agent param); for velocity
         populations the reference uses the target range, ``[0, b]``.
     :param high: upper end (default: the largest agent param).
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
-    def __init__(self, low: float | None = None, high: float | None = None, verbose: int = 0):
-        super().__init__(verbose=verbose)
+    def __init__(
+        self, low: float | None = None, high: float | None = None, verbose: int = 0, figure_every: int = 10
+    ):
+        super().__init__(verbose=verbose, figure_every=figure_every)
         self.low, self.high = low, high
 
     def _setup(self) -> None:
@@ -97,6 +101,7 @@ class RandomAssigner(Assigner):
     """The random baseline: a random split into k groups as even as possible, then fixed.
 
     :param seed: seed of the assigner's own generator (``None``: the model's seed).
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
     def _setup(self) -> None:

@@ -57,6 +57,7 @@ class KMeansAssigner(Assigner):
     :param n_samples: env steps whose rewards describe each agent.
     :param n_init: KMeans restarts.
     :param seed: seed of KMeans (``None``: the model's seed, or 0).
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
     def __init__(
@@ -66,12 +67,13 @@ class KMeansAssigner(Assigner):
         n_init: int = 10,
         seed: int | None = None,
         verbose: int = 0,
+        figure_every: int = 10,
     ):
         if not 0.0 < pretrain_fraction < 1.0:
             raise ValueError(f"pretrain_fraction={pretrain_fraction} must lie in (0, 1).")
         if n_samples < 1:
             raise ValueError(f"n_samples={n_samples} must be positive.")
-        super().__init__(seed=seed, verbose=verbose)
+        super().__init__(seed=seed, verbose=verbose, figure_every=figure_every)
         self.pretrain_fraction = float(pretrain_fraction)
         self.n_samples = int(n_samples)
         self.n_init = int(n_init)

@@ -10,6 +10,7 @@ from sb3_rmdp.envs.contract import (
     n_agents_of,
     reward_space_of,
 )
+from sb3_rmdp.envs.resource_gathering_vec import ResourceGatheringVec
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, make_rmdp_vec_env
 
 # Reward vectors are the contract: gymnasium's passive checker (scalar rewards) does not apply.
@@ -28,6 +29,7 @@ for _env_id, _entry_point in _ENVS.items():
 __all__ = [
     "AGENT_REWARDS_KEY",
     "AgentRewardsWrapper",
+    "ResourceGatheringVec",
     "SingleAgentRMDP",
     "agent_params_of",
     "as_rmdp_vec_env",

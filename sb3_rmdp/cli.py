@@ -1,0 +1,745 @@
+"""The ``sb3-rmdp`` command: train, evaluate, tune, export and report, without writing Python.
+
+``sb3-rmdp train --env sb3_rmdp/ResourceGathering-v0 -k 3`` trains and saves a model;
+``sb3-rmdp evaluate``, ``export`` and ``report`` work on the saved zip; ``sb3-rmdp tune`` runs an
+Optuna study (:mod:`sb3_rmdp.tuning`). ``python -m sb3_rmdp`` is the same command.
+
+User errors (an unknown env id, a missing file, ``k < 1``...) end with exit code 2 and one line on
+stderr that says what to do; the library's own exceptions are left to surface with their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib
+import json
+import pathlib
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from sb3_rmdp.ppo import RMDPPPO
+
+PROG = "sb3-rmdp"
+ASSIGNER_NAMES = ("em", "end_to_end", "kmeans", "random", "oracle")
+CSV_COLUMNS = ("algorithm", "k", "seed", "welfare_eval")
+# Why one torch thread by default: PPO's small MLPs gain nothing from intra-op parallelism, and on a
+# 2-core machine whose other core was busy, 2 threads made training more than 10x slower than 1.
+TORCH_THREADS_HELP = (
+    "torch intra-op threads (default 1: small MLPs gain nothing from more, and 2 threads were measured "
+    "more than 10x slower than 1 when the other core of a 2-core machine was busy)"
+)
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files: reported in one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _positive_int(text: str) -> int:
+    """An integer >= 1; accepts ``1e5`` and ``100_000`` for step counts."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(value)
+
+
+def _budget(text: str) -> int:
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"the policy budget k must be a whole number of representatives >= 1, got {text!r}"
+        ) from None
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def parse_key_values(pairs: Sequence[str] | None, option: str) -> dict[str, Any]:
+    """``["size=3", "reward_scale=0.01", "name=x"]`` -> ``{"size": 3, "reward_scale": 0.01, "name": "x"}``.
+
+    Values are Python literals (numbers, lists, ``True``, ``None``...) or else plain strings.
+
+    :raises UsageError: on an item without ``=``.
+    """
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{option} takes key=value items (e.g. {option} size=3), got {pair!r}.")
+        try:
+            result[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            result[key] = text
+    return result
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and epilogs (the examples)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--torch-threads", type=_positive_int, default=1, metavar="N", help=TORCH_THREADS_HELP
+    )
+
+
+def _env_options(parser: argparse.ArgumentParser, required: bool, what: str) -> None:
+    parser.add_argument(
+        "--env", required=required, metavar="ID", help=f"gymnasium id of the r-MDP env {what}"
+    )
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword arguments of the env, as used for training (e.g. n_agents=50 reward_scale=0.01)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sb3-rmdp`` argument parser, with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description=(
+            "Personalized RL under a budget of policies: train k representative policies that serve n "
+            "agents, each with its own reward (an r-MDP), and the assignment of agents to representatives."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} train --env sb3_rmdp/ResourceGathering-v0 -k 3 --timesteps 150000 --save rg_k3.zip\n"
+            f"  {PROG} evaluate rg_k3.zip --env sb3_rmdp/ResourceGathering-v0\n"
+            f"  {PROG} export rg_k3.zip -j 0 --out rep0.zip --env sb3_rmdp/ResourceGathering-v0 --dossier\n"
+            f"  {PROG} report benchmarks/results/resource_gathering_em.csv --out welfare.png\n"
+            f"  {PROG} tune --help\n\n"
+            f"Run '{PROG} COMMAND --help' for the options of a command."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="train k representatives and their assignment (RMDPPPO), then evaluate and save",
+        description=(
+            "Train RMDPPPO with k representatives on an r-MDP env, show a progress bar, then evaluate the "
+            "deployed assignment (each agent served by its representative) on real episodes, print the "
+            "welfare and group sizes, and save the model as an SB3 zip."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} train --env sb3_rmdp/ResourceGathering-v0 -k 3 --timesteps 150000\n"
+            f"  {PROG} train --env sb3_rmdp/HalfCheetahVelocity-v0 -k 5 --assigner oracle "
+            "--env-kwargs n_agents=100 --timesteps 2e6 --tensorboard-log runs/\n"
+            f"  {PROG} train --env sb3_rmdp/ResourceGathering-v0 -k 2 --hyperparams default "
+            "--n-steps 256 --policy-kwargs net_arch=[64,64]\n\n"
+            "Follow training in TensorBoard with: tensorboard --logdir runs/"
+        ),
+    )
+    _env_options(train, required=True, what="to train on (e.g. sb3_rmdp/ResourceGathering-v0)")
+    train.add_argument(
+        "-k", "--k", type=_budget, required=True, help="the policy budget: number of representatives"
+    )
+    train.add_argument(
+        "--assigner",
+        choices=ASSIGNER_NAMES,
+        default="em",
+        help="how agents are assigned to representatives (default em; oracle needs 1-D agent params)",
+    )
+    train.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="env steps, all slots (default 1e5)",
+    )
+    train.add_argument(
+        "--n-envs", type=_positive_int, metavar="N", help="env slots, a multiple of k (default k)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument(
+        "--hyperparams",
+        choices=("tuned", "default"),
+        help="tuned: the settings of sb3_rmdp.hyperparams for this env; default: RMDPPPO's defaults "
+        "(default: tuned when the env has them)",
+    )
+    train.add_argument("--n-steps", type=_positive_int, metavar="N", help="env steps per slot per update")
+    train.add_argument("--batch-size", type=_positive_int, metavar="N", help="minibatch size")
+    train.add_argument("--n-epochs", type=_positive_int, metavar="N", help="epochs per update")
+    train.add_argument(
+        "--policy-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. net_arch=[64,64]"
+    )
+    train.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
+    train.add_argument("--tensorboard-log", metavar="DIR", help="write TensorBoard event files under DIR")
+    train.add_argument(
+        "--figure-every",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="TensorBoard: the assignment figure every N updates (0: none; default 10)",
+    )
+    train.add_argument(
+        "--save",
+        metavar="PATH",
+        help="where to save the model (default ./<env>_k<k>_<assigner>_seed<seed>.zip)",
+    )
+    train.add_argument(
+        "--eval-episodes",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help="evaluation episodes per representative for the final summary (0: skip; default 1)",
+    )
+    train.add_argument("--no-progress-bar", action="store_true", help="no progress bar (e.g. in CI logs)")
+    train.add_argument("--verbose", type=int, default=0, choices=(0, 1), help="1: SB3's table every update")
+    _common(train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        formatter_class=_Formatter,
+        help="evaluate a saved model: every representative's agents, returns and the welfare",
+        description=(
+            "Run evaluation episodes of every representative for every agent and print, per "
+            "representative, the agents it serves in the deployed assignment and their mean return, then "
+            "the utilitarian, egalitarian and Nash welfare of the deployed assignment."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} evaluate rg_k3.zip --env sb3_rmdp/ResourceGathering-v0\n"
+            f"  {PROG} evaluate hc_k5.zip --env sb3_rmdp/HalfCheetahVelocity-v0 --env-kwargs n_agents=100 "
+            "--episodes 5 --json hc_k5.json"
+        ),
+    )
+    evaluate.add_argument("model", metavar="MODEL.zip", help="a model saved by train (or RMDPPPO.save)")
+    _env_options(evaluate, required=True, what="the model was trained on")
+    evaluate.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="episodes per representative (default 1)",
+    )
+    evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of their mode")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the evaluation env (default 0)")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the results (table included) as JSON")
+    _common(evaluate)
+
+    tune = commands.add_parser(
+        "tune",
+        add_help=False,
+        help=f"tune hyperparameters with Optuna (the arguments go to sb3_rmdp.tuning; '{PROG} tune --help')",
+    )
+    tune.add_argument("arguments", nargs=argparse.REMAINDER)
+
+    export = commands.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="write one representative as a plain SB3 PPO zip (and a review dossier)",
+        description=(
+            "Write representative J as a stock stable_baselines3 PPO zip that PPO.load opens without "
+            "sb3-rmdp; with --dossier, also write <out>.json and <out>.md: the agents it serves and their "
+            "evaluated returns."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} export rg_k3.zip -j 0 --out rep0.zip\n"
+            f"  {PROG} export rg_k3.zip -j 0 --out rep0.zip --env sb3_rmdp/ResourceGathering-v0 --dossier"
+        ),
+    )
+    export.add_argument("model", metavar="MODEL.zip", help="a model saved by train (or RMDPPPO.save)")
+    export.add_argument("-j", type=int, required=True, help="the representative to export, 0 <= J < k")
+    export.add_argument("--out", required=True, metavar="PATH", help="the PPO zip to write")
+    _env_options(export, required=False, what="the model was trained on (needed by --dossier)")
+    export.add_argument("--dossier", action="store_true", help="also write the review dossier (needs --env)")
+    export.add_argument(
+        "--episodes", type=_positive_int, default=1, metavar="N", help="dossier: episodes per representative"
+    )
+    _common(export)
+
+    report = commands.add_parser(
+        "report",
+        formatter_class=_Formatter,
+        help="plot welfare against k from benchmark CSVs, or a saved model's assignment",
+        description=(
+            "From benchmark CSVs (columns algorithm, k, seed, welfare_eval, and optionally optimal_welfare "
+            "or upper_bound): plot the welfare against k, mean +- standard error over seeds, one line per "
+            "algorithm. From a saved model: plot its assignment over the agents' params."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} report benchmarks/results/resource_gathering_em.csv "
+            "benchmarks/results/resource_gathering_end_to_end.csv --out welfare.png\n"
+            f"  {PROG} report rg_k3.zip --out assignment.png"
+        ),
+    )
+    report.add_argument("inputs", nargs="+", metavar="CSV_OR_MODEL", help="benchmark CSVs, or one model zip")
+    report.add_argument("--out", required=True, metavar="PNG", help="the image to write (png, pdf, svg)")
+    _env_options(
+        report, required=False, what="for a model: agent params from this env instead of the saved ones"
+    )
+    report.add_argument("--title", help="the figure's title")
+    _common(report)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _registered_ids() -> list[str]:
+    import gymnasium as gym
+
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("sb3_rmdp/"))
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail with the list of registered ids when ``env_id`` is unknown to gymnasium.
+
+    :raises UsageError: for an unknown id.
+    """
+    import gymnasium as gym
+
+    import sb3_rmdp.envs  # noqa: F401  (registers the built-in ids)
+
+    if env_id in gym.registry or ":" in env_id:  # "module:Env-v0" imports its module itself
+        return
+    try:  # MO-Gymnasium's envs are r-MDPs; they register on import
+        import mo_gymnasium  # noqa: F401
+    except ImportError:
+        pass
+    if env_id not in gym.registry:
+        raise UsageError(
+            f"unknown env id {env_id!r}; the sb3_rmdp envs are {', '.join(_registered_ids())} "
+            "(any registered gymnasium id of an env with a reward vector works too)."
+        )
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int = 1, seed: int | None = None) -> VecEnv:
+    """An r-MDP VecEnv for the command line, with user mistakes turned into :class:`UsageError`."""
+    import gymnasium as gym
+
+    from sb3_rmdp.envs import make_rmdp_vec_env
+
+    check_env_id(env_id)
+    try:
+        return make_rmdp_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    except gym.error.DependencyNotInstalled as error:
+        raise UsageError(f"{env_id} needs a package that is not installed: {error}") from None
+    except TypeError as error:
+        reason = str(error).split(" was raised from the environment creator")[0]  # gymnasium's suffix
+        raise UsageError(
+            f"{env_id} rejects the env kwargs {_format_kwargs(env_kwargs)} ({reason}): fix --env-kwargs."
+        ) from None
+    except ValueError as error:
+        raise UsageError(f"{env_id}: {error}") from None
+
+
+def _format_kwargs(kwargs: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value!r}" for key, value in kwargs.items())
+
+
+def existing_file(path: str, what: str) -> pathlib.Path:
+    """``path`` as a ``Path`` if it is a file.
+
+    :raises UsageError: naming the path and what it should be.
+    """
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise UsageError(f"{what} {path!r} does not exist (or is not a file); check the path.")
+    return file
+
+
+def load_model(path: str, device: str = "auto") -> RMDPPPO:
+    """Load a saved ``RMDPPPO`` zip.
+
+    :raises UsageError: when the file is missing or is not an RMDPPPO save.
+    """
+    from sb3_rmdp.ppo import RMDPPPO
+
+    file = existing_file(path, "model file")
+    try:
+        return RMDPPPO.load(file, device=device)
+    except Exception as error:  # a zip of another algorithm, a truncated file, not a zip...
+        raise UsageError(
+            f"cannot load {path!r} as an RMDPPPO model ({type(error).__name__}: {error}); pass a zip written "
+            f"by '{PROG} train' or RMDPPPO.save."
+        ) from None
+
+
+def evaluation_env(model: RMDPPPO, env_id: str, env_kwargs: dict[str, Any], seed: int | None = 0) -> VecEnv:
+    """The env a saved model is evaluated on, checked against the model (agents and spaces)."""
+    from sb3_rmdp.envs.vec_env import vec_env_n_agents
+
+    vec_env = make_env(env_id, env_kwargs, seed=seed)
+    n_agents = vec_env_n_agents(vec_env)
+    if n_agents != model.n_agents or vec_env.observation_space != model.observation_space:
+        raise UsageError(
+            f"the model serves {model.n_agents} agents with observations {model.observation_space}, but "
+            f"{env_id} {_format_kwargs(env_kwargs) or '(no --env-kwargs)'} has {n_agents} agents with "
+            f"{vec_env.observation_space}: pass the --env and --env-kwargs the model was trained with."
+        )
+    return vec_env
+
+
+def compact_indices(indices: np.ndarray) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (``"-"`` when empty)."""
+    values = [int(value) for value in np.asarray(indices).reshape(-1)]
+    if not values:
+        return "-"
+    parts, start, previous = [], values[0], values[0]
+    for value in [*values[1:], None]:
+        if value is not None and value == previous + 1:
+            previous = value
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if value is not None:
+            start = previous = value
+    return ", ".join(parts)
+
+
+def welfare_summary(table: np.ndarray, assignment: np.ndarray) -> dict[str, Any]:
+    """What ``evaluate`` reports: per representative its agents and their mean return, and the welfare.
+
+    :param table: evaluated agent returns ``(n_agents, k)``.
+    :param assignment: the deployed hard assignment ``(n_agents,)``.
+    """
+    from sb3_rmdp.welfare import best_assignment, egalitarian_welfare, nash_welfare, utilitarian_welfare
+
+    n_agents, k = table.shape
+    representatives = []
+    for j in range(k):
+        agents = np.flatnonzero(assignment == j)
+        representatives.append(
+            {
+                "representative": j,
+                "agents": agents.tolist(),
+                "mean_return": float(table[agents, j].mean()) if len(agents) else None,
+            }
+        )
+    return {
+        "n_agents": n_agents,
+        "k": k,
+        "assignment": np.asarray(assignment).tolist(),
+        "group_sizes": np.bincount(assignment, minlength=k).tolist(),
+        "representatives": representatives,
+        "welfare": {
+            "utilitarian": utilitarian_welfare(table, assignment),
+            "egalitarian": egalitarian_welfare(table, assignment),
+            "nash": nash_welfare(table, assignment),
+        },
+        # Each agent re-assigned to its best representative on this table: what the E-step would deploy.
+        "utilitarian_welfare_best_reassignment": utilitarian_welfare(table, best_assignment(table)),
+        "table": table.tolist(),
+    }
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    """Print the per-representative table and the welfare lines of :func:`welfare_summary`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(title)
+    table = Table()
+    table.add_column("representative", justify="right")
+    table.add_column("agents", justify="right")
+    table.add_column("which agents")
+    table.add_column("their mean return", justify="right")
+    for row in summary["representatives"]:
+        mean = "-" if row["mean_return"] is None else f"{row['mean_return']:.4g}"
+        table.add_row(
+            str(row["representative"]), str(len(row["agents"])), compact_indices(row["agents"]), mean
+        )
+    console.print(table)
+    welfare = summary["welfare"]
+    console.print(
+        f"welfare of the deployed assignment: utilitarian {welfare['utilitarian']:.4g}, "
+        f"egalitarian {welfare['egalitarian']:.4g}, nash {welfare['nash']:.4g}"
+    )
+    console.print(
+        "utilitarian welfare if each agent took its best representative: "
+        f"{summary['utilitarian_welfare_best_reassignment']:.4g}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def train_command(args: argparse.Namespace) -> int:
+    from tqdm import TqdmExperimentalWarning
+
+    from sb3_rmdp.assigners import ASSIGNERS, Assigner, EMAssigner
+    from sb3_rmdp.hyperparams import HYPERPARAMS, hyperparams_for
+    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.welfare import evaluate_agent_returns
+
+    check_env_id(args.env)
+    user_env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
+    policy_kwargs = parse_key_values(args.policy_kwargs, "--policy-kwargs")
+    hyperparams = args.hyperparams or ("tuned" if args.env in HYPERPARAMS else "default")
+    if hyperparams == "tuned":
+        if args.env not in HYPERPARAMS:
+            raise UsageError(
+                f"no tuned hyperparameters for {args.env} (tuned: {', '.join(sorted(HYPERPARAMS))}); "
+                "pass --hyperparams default."
+            )
+        params = hyperparams_for(args.env)
+    else:
+        params = {"env_kwargs": {}}
+    env_kwargs = {**params.pop("env_kwargs"), **user_env_kwargs}
+    tuned_assigner = params.pop("assigner", None)
+    assigner: Assigner
+    if args.assigner == "em" and isinstance(tuned_assigner, EMAssigner):
+        assigner = tuned_assigner
+        assigner.figure_every = args.figure_every
+    else:
+        assigner = ASSIGNERS[args.assigner](figure_every=args.figure_every)
+    for name in ("n_steps", "batch_size", "n_epochs"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if policy_kwargs:
+        params["policy_kwargs"] = policy_kwargs
+
+    n_envs = args.n_envs or args.k
+    env = make_env(args.env, env_kwargs, n_envs=n_envs, seed=args.seed)
+    try:
+        model = RMDPPPO(
+            "MlpPolicy",
+            env,
+            k=args.k,
+            assigner=assigner,
+            tensorboard_log=args.tensorboard_log,
+            seed=args.seed,
+            device=args.device,
+            verbose=args.verbose,
+            **params,
+        )
+    except ValueError as error:  # k > n_agents, n_envs not a multiple of k, an assigner that does not fit
+        raise UsageError(str(error)) from None
+    except TypeError as error:  # policy kwargs the policy does not take
+        raise UsageError(f"{error}; fix --policy-kwargs (e.g. net_arch=[64,64]).") from None
+
+    save = pathlib.Path(args.save or _default_save_name(args))
+    print(
+        f"Training RMDPPPO on {args.env} ({_format_kwargs(env_kwargs) or 'default env kwargs'}): "
+        f"{model.n_agents} agents, k={args.k} representatives, {args.assigner} assigner, "
+        f"{hyperparams} hyperparameters, {args.timesteps} steps over {n_envs} env slots."
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)  # SB3's bar is tqdm.rich's
+        model.learn(
+            args.timesteps, progress_bar=not args.no_progress_bar, tb_log_name=f"{args.assigner}_k{args.k}"
+        )
+    elapsed = time.perf_counter() - start
+    save.parent.mkdir(parents=True, exist_ok=True)
+    model.save(save)
+    speed = model.num_timesteps / elapsed
+    print(f"Trained {model.num_timesteps} steps in {elapsed:.1f} s ({speed:.0f} steps/s).")
+    if args.eval_episodes > 0:
+        table = evaluate_agent_returns(
+            model, make_env(args.env, env_kwargs, seed=args.seed), n_episodes=args.eval_episodes
+        )
+        print_summary(
+            welfare_summary(table, model.assignment()),
+            f"Deployed assignment, {args.eval_episodes} evaluation episode(s) per representative",
+        )
+    else:
+        sizes = np.bincount(model.assignment(), minlength=args.k)
+        print(f"group sizes: {' '.join(str(size) for size in sizes)}")
+    print(f"Model saved to {save}")
+    # The env kwargs of training, tuned ones included: evaluate reports returns in the same units.
+    env_option = " --env-kwargs " + " ".join(f"{key}={value!r}" for key, value in env_kwargs.items())
+    print(f"Evaluate it with: {PROG} evaluate {save} --env {args.env}{env_option if env_kwargs else ''}")
+    if args.tensorboard_log:
+        print(f"TensorBoard logs in {args.tensorboard_log}: tensorboard --logdir {args.tensorboard_log}")
+    return 0
+
+
+def _default_save_name(args: argparse.Namespace) -> str:
+    env_name = args.env.split("/")[-1].split(":")[-1]
+    return f"{env_name}_k{args.k}_{args.assigner}_seed{args.seed}.zip"
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from sb3_rmdp.welfare import evaluate_agent_returns
+
+    model = load_model(args.model)
+    env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
+    vec_env = evaluation_env(model, args.env, env_kwargs, seed=args.seed)
+    table = evaluate_agent_returns(
+        model, vec_env, n_episodes=args.episodes, deterministic=not args.stochastic
+    )
+    summary = welfare_summary(table, model.assignment())
+    print_summary(
+        summary,
+        f"{args.model} on {args.env}: {args.episodes} episode(s) per representative, "
+        f"{'stochastic' if args.stochastic else 'deterministic'} actions",
+    )
+    if args.json:
+        summary = {
+            "model": str(args.model),
+            "env": args.env,
+            "env_kwargs": env_kwargs,
+            "episodes": args.episodes,
+            "deterministic": not args.stochastic,
+            **summary,
+        }
+        pathlib.Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        print(f"Results written to {args.json}")
+    return 0
+
+
+def tune_command(argv: list[str]) -> int:
+    """Forward ``argv`` to ``sb3_rmdp.tuning.tune_main`` (imported only now: Optuna is an extra)."""
+    try:
+        tuning = importlib.import_module("sb3_rmdp.tuning")
+    except ModuleNotFoundError as error:
+        if error.name == "sb3_rmdp.tuning":
+            raise UsageError(
+                "this installation of sb3-rmdp has no tuning module (sb3_rmdp.tuning); update sb3-rmdp to "
+                "a version that ships 'sb3-rmdp tune'."
+            ) from None
+        raise UsageError(
+            f"'{PROG} tune' needs {error.name}, which is not installed: pip install 'sb3-rmdp[tune]'."
+        ) from None
+    return int(tuning.tune_main(argv) or 0)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from sb3_rmdp.export import export_representative, review_dossier
+
+    if args.dossier and not args.env:
+        raise UsageError("--dossier evaluates the representative: pass --env ID (and its --env-kwargs).")
+    model = load_model(args.model)
+    if not 0 <= args.j < model.k:
+        raise UsageError(f"-j {args.j}: the model has k={model.k} representatives; pass 0 <= J < {model.k}.")
+    path = export_representative(model, args.j, args.out)
+    agents = np.flatnonzero(model.assignment() == args.j)
+    print(f"Representative {args.j} (serves agents {compact_indices(agents)}) written to {path}")
+    print(f"Load it anywhere with: stable_baselines3.PPO.load({str(path)!r})")
+    if args.dossier:
+        env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
+        vec_env = evaluation_env(model, args.env, env_kwargs)
+        dossier = review_dossier(model, args.j, vec_env, path, n_episodes=args.episodes)
+        served = dossier["served_returns"]["mean"]
+        print(
+            f"Dossier written to {path.with_suffix('.json')} and {path.with_suffix('.md')} "
+            f"(mean return of its agents: {'-' if served is None else f'{served:.4g}'})"
+        )
+    return 0
+
+
+def read_results(paths: Sequence[pathlib.Path]) -> list[dict[str, str]]:
+    """The rows of benchmark CSVs, checked for the columns ``report`` plots.
+
+    :raises UsageError: naming the file and the missing columns.
+    """
+    rows: list[dict[str, str]] = []
+    for path in paths:
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise UsageError(
+                    f"{path} lacks the column(s) {', '.join(missing)}: a benchmark CSV has the columns "
+                    f"{', '.join(CSV_COLUMNS)} (and optionally optimal_welfare or upper_bound)."
+                )
+            file_rows = list(reader)
+        if not file_rows:
+            raise UsageError(f"{path} has no rows: run the benchmark first.")
+        rows.extend(file_rows)
+    for row in rows:
+        try:
+            float(row["welfare_eval"])
+            int(row["k"])
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"a row with k={row['k']!r}, welfare_eval={row['welfare_eval']!r}: both must be numbers."
+            ) from None
+    return rows
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from sb3_rmdp.plotting import plot_assignment, plot_welfare_vs_k
+
+    paths = [existing_file(path, "input") for path in args.inputs]
+    csvs = [path for path in paths if path.suffix.lower() == ".csv"]
+    if (csvs and len(csvs) != len(paths)) or (not csvs and len(paths) > 1):
+        raise UsageError("report takes benchmark CSVs (any number) or one model zip, not both.")
+    if csvs:
+        rows = read_results(csvs)
+        figure = plot_welfare_vs_k(rows, title=args.title)
+        for algorithm in sorted({row["algorithm"] for row in rows}):
+            ks = sorted({int(row["k"]) for row in rows if row["algorithm"] == algorithm})
+            print(f"{algorithm}: k = {', '.join(map(str, ks))}")
+    else:
+        model = load_model(str(paths[0]))
+        params = model.agent_params
+        if args.env:
+            from sb3_rmdp.envs.vec_env import vec_env_agent_params
+
+            params = vec_env_agent_params(
+                evaluation_env(model, args.env, parse_key_values(args.env_kwargs, "--env-kwargs"))
+            )
+        figure = plot_assignment(model.assignment(), model.k, params, title=args.title)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figure.savefig(out, dpi=150)
+    except ValueError as error:  # an unknown image format
+        raise UsageError(f"cannot write {out}: {error}") from None
+    print(f"Figure written to {out}")
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "export": export_command,
+    "report": report_command,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sb3-rmdp`` with ``argv`` (default: the process's arguments) and return the exit code.
+
+    :param argv: the arguments after the program name, e.g. ``["train", "--env", ID, "-k", "3"]``.
+    :return: 0 on success, 2 on a user error (one line on stderr naming the fix; also argparse's usage
+        errors), ``tune``'s own code for ``tune``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    try:
+        if command == "tune":  # everything after "tune" belongs to the tuning CLI, --help included
+            return tune_command(argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_:  # --help (0) and usage errors (2); argparse printed the message
+            return int(exit_.code or 0)
+        import torch as th
+
+        th.set_num_threads(args.torch_threads)
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"{PROG} {command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,47 @@
+"""``benchmarks/profile_phases.py`` times every phase of a (tiny) training run; the phases add up to it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch as th
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("algorithm", "vec_env"), [("rmdp", "batched"), ("rmdp", "dummy"), ("sb3", "dummy")])
+def test_phases_cover_a_tiny_run(algorithm: str, vec_env: str) -> None:
+    profile = _load("profile_phases")
+    config = profile.Config(
+        "tiny", "sb3_rmdp/ResourceGathering-v0", 25, 3, 3, 64, rollouts=2, vec_env=vec_env
+    )
+    backward = th.Tensor.backward
+    result = profile.profile_run(config, algorithm, seed=0)
+    assert th.Tensor.backward is backward  # class-level patches are undone
+    phases = result["phases"]
+    assert list(phases) == list(profile.PHASES)
+    measured = ["rollout env", "rollout policy", "rollout storage", "GAE", "minibatch sampling", "forward"]
+    measured += ["backward", "optimizer"]
+    if algorithm == "rmdp":
+        measured += ["assigner", "marginal advantages"]
+    for phase in measured:
+        assert phases[phase]["seconds"] > 0 and phases[phase]["calls"] > 0, phase
+    assert phases["GAE"]["calls"] == 2
+    assert phases["forward"]["calls"] == 2 * 10 * (3 * 64 // 64)  # rollouts x epochs x minibatches
+    total = sum(entry["seconds"] for entry in phases.values())
+    assert total == pytest.approx(result["total_s"], rel=1e-3)
+    assert total == pytest.approx(result["wall_s"], rel=0.15)  # the timers account for the whole run
+    assert sum(entry["percent"] for entry in phases.values()) == pytest.approx(100.0, abs=0.1)
