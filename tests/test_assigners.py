@@ -158,9 +158,9 @@ def test_every_assigner_is_deterministic_and_leaves_global_rngs_alone(name: str)
         assert not np.array_equal(first, _drive(ALL[name](4), 12, 3))
 
 
-def test_assignment_gradient_is_eq_12_scaled_per_representative() -> None:
-    # d/d alpha[i, j] of sum_t c_t * normalized_t = sum_{t in j} c_t A^{ij}_t / std_j: the statistics of
-    # the normalization are constants, so the assignment follows eq. 12 (not the statistics' gradient).
+def test_assignment_gradient_is_eq_12_with_the_mean_in_the_graph() -> None:
+    # d/d alpha[i, j] of sum_t c_t * normalized_t = sum_{t in j} (c_t - mean_j c) A^{ij}_t / std_j: the
+    # per-representative mean is differentiated through, the std is a constant.
     from sb3_rmdp.ppo import normalize_per_representative
 
     rng = np.random.default_rng(3)
@@ -169,12 +169,20 @@ def test_assignment_gradient_is_eq_12_scaled_per_representative() -> None:
     alpha = th.softmax(th.as_tensor(rng.normal(size=(4, 2)), dtype=th.float32), dim=1).requires_grad_(True)
     weights = th.as_tensor(rng.normal(size=16), dtype=th.float32)
     marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
-    (normalize_per_representative(marginal, representatives, 2) * weights).sum().backward()
+    normalized = normalize_per_representative(marginal, representatives, 2)
+    (normalized * weights).sum().backward()
     for j in range(2):
         members = representatives == j
-        std = marginal.detach()[members].std()
-        expected = (weights[members, None] * advantages[members]).sum(dim=0) / (std + 1e-8)
+        values = marginal.detach()[members]
+        assert th.allclose(normalized.detach()[members], (values - values.mean()) / values.std(), atol=1e-5)
+        centred = weights[members] - weights[members].mean()
+        expected = (centred[:, None] * advantages[members]).sum(dim=0) / (values.std() + 1e-8)
         assert th.allclose(alpha.grad[:, j], expected, atol=1e-5)
+    # A uniform surrogate factor (every ratio 1, the first minibatch of an update) moves nothing.
+    alpha.grad = None
+    marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
+    normalize_per_representative(marginal, representatives, 2).sum().backward()
+    assert th.allclose(alpha.grad, th.zeros_like(alpha), atol=1e-5)
 
 
 def test_with_one_representative_every_assigner_trains_the_same_policy() -> None:
