@@ -193,6 +193,14 @@ def merge(sources: list[Path], out: Path) -> None:
         paths_png = source.parent / f"{source.name}_paths.png"
         if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists():
             shutil.copyfile(paths_png, out.parent / f"{out.name}_paths.png")
+    # At k=1 every assigner trains the same single policy (bit for bit: tests/test_assigners.py), so an
+    # algorithm run without k=1 shares EM's k=1 rows, marked in `shared_with`.
+    for row in rows:
+        row.setdefault("shared_with", "")
+    for algorithm in sorted({r["algorithm"] for r in rows} - {"em"}):
+        if not any(r["algorithm"] == algorithm and r["k"] == 1 for r in rows):
+            shared = [r for r in rows if r["algorithm"] == "em" and r["k"] == 1]
+            rows += [{**r, "algorithm": algorithm, "shared_with": "em"} for r in shared]
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
     write_csv(rows, out.with_suffix(".csv"))
     meta = {
