@@ -2,7 +2,9 @@
 
 Agent i weighs the env's reward vector ``r_vec`` ``(d,)`` by its own preference ``w_i`` ``(d,)`` drawn
 from a Dirichlet distribution by the population's own generator, and gets ``w_i . r_vec`` per step.
-``agent_params`` are the weights ``(n_agents, d)``. Without a population, an MO-Gymnasium env already
+``agent_params`` are the weights ``(n_agents, d)``; read them with
+:func:`sb3_rmdp.envs.agent_params_of` (``gym.make`` wraps the env, and gymnasium's wrappers do not
+forward custom attributes). Without a population, an MO-Gymnasium env already
 is an r-MDP with one agent per objective (``n_agents = d``): pass it to :class:`~sb3_rmdp.RMDPPPO`
 directly.
 
@@ -12,6 +14,7 @@ n_agents=100, seed=0)``).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -95,7 +98,9 @@ def make_mo_env(mo_env: str, **kwargs: Any) -> gym.Env:
     except ImportError as error:  # pragma: no cover - the extra is part of `dev`
         raise ImportError("Preference populations need MO-Gymnasium: pip install 'sb3-rmdp[mo]'.") from error
     try:
-        with _quiet_known_mujoco_warnings():
+        with _quiet_known_mujoco_warnings(), warnings.catch_warnings():
+            # MO-Gymnasium declares its reward spaces in float64; gymnasium casts them, harmlessly.
+            warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32")
             return mo_gymnasium.make(mo_env, **kwargs)
     except gym.error.Error as error:
         raise ValueError(

@@ -3,7 +3,9 @@
 Agent i has a target velocity ``v_i ~ U[0, b]`` drawn from ``seed``; per step it gets
 ``0.1 * clip(1 - |x_velocity - v_i| / w, 0, 1)`` with ``w = b / 20``, so tracking its target for the
 1000 steps of an episode gives 100. The base env's reward is discarded (control and contact costs
-off); Hopper and Walker2d keep their fall termination. ``agent_params`` are the targets ``(n, 1)``.
+off); Hopper and Walker2d keep their fall termination. ``agent_params`` are the targets ``(n, 1)``;
+read them with :func:`sb3_rmdp.envs.agent_params_of` (``gym.make`` wraps the env, and gymnasium's
+wrappers do not forward custom attributes).
 """
 
 from __future__ import annotations
