@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from sb3_rmdp.committee import epsilon_cover, linf_distances
 from sb3_rmdp.envs.velocity import TARGET_RANGES, velocity_targets
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-committee = _load("committee")
+committee = load_benchmark("committee")
 
 
 @pytest.mark.parametrize("method", committee.METHODS)

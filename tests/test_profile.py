@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch as th
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 @pytest.mark.parametrize(("algorithm", "vec_env"), [("rmdp", "batched"), ("rmdp", "dummy"), ("sb3", "dummy")])
 def test_phases_cover_a_tiny_run(algorithm: str, vec_env: str) -> None:
-    profile = _load("profile_phases")
+    profile = load_benchmark("profile_phases")
     config = profile.Config(
         "tiny", "sb3_rmdp/ResourceGathering-v0", 25, 3, 3, 64, rollouts=2, vec_env=vec_env
     )
