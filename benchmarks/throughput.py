@@ -38,7 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass(frozen=True)
 class Config:
     """One benchmark configuration; ``vec_env`` is ``"dummy"`` (SB3's DummyVecEnv) or ``"batched"``
-    (:class:`~sb3_rmdp.envs.ResourceGatheringVec`, Resource Gathering only)."""
+    (:class:`~sb3_rmdp.envs.ResourceGatheringVec`, Resource Gathering only); ``critic`` is the
+    ``MultiRepresentativePolicy`` critic layout."""
 
     name: str
     env: str
@@ -48,6 +49,7 @@ class Config:
     n_steps: int
     rollouts: int = 3
     vec_env: str = "dummy"
+    critic: str = "per_representative"
 
     @property
     def budget(self) -> int:
@@ -62,6 +64,7 @@ CONFIGS = [
     Config("hc-100-5", HC, 100, 5, 5, 1024),
     Config("hc-1000-5", HC, 1000, 5, 5, 1024),
     Config("hc-1000-50", HC, 1000, 50, 50, 128, rollouts=2),
+    Config("hc-1000-50-cond", HC, 1000, 50, 50, 128, rollouts=2, critic="conditioned"),
     Config("rg-25-3", RG, 25, 3, 3, 512),
     Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
@@ -96,7 +99,7 @@ def build_model(config: Config, algorithm: str, seed: int) -> Any:
     common: dict[str, Any] = dict(n_steps=config.n_steps, batch_size=64, n_epochs=10, seed=seed, device="cpu")
     if algorithm == "sb3":
         return PPO("MlpPolicy", vec_env, **common)
-    return RMDPPPO("MlpPolicy", vec_env, k=config.k, **common)
+    return RMDPPPO("MlpPolicy", vec_env, k=config.k, policy_kwargs={"critic": config.critic}, **common)
 
 
 def peak_rss_mb() -> float:

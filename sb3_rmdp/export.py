@@ -83,8 +83,15 @@ def representative_state_dict(
     state["action_net.bias"] = state["action_net.bias"].view(model.k, size)[j].clone()
     if "log_std" in state:
         state["log_std"] = state["log_std"][j].clone()
-    value_weight = state["value_net.weight"].view(model.k, model.n_agents, -1)[j, index]
-    value_bias = state["value_net.bias"].view(model.k, model.n_agents)[j, index]
+    if getattr(policy, "critic", "per_representative") == "conditioned":
+        # Representative j's vector joins the first critic layer's bias; the head has n_agents rows.
+        embedding = state.pop("critic_embedding")[j]
+        state["mlp_extractor.value_net.0.bias"] = state["mlp_extractor.value_net.0.bias"] + embedding
+        value_weight = state["value_net.weight"][index]
+        value_bias = state["value_net.bias"][index]
+    else:
+        value_weight = state["value_net.weight"].view(model.k, model.n_agents, -1)[j, index]
+        value_bias = state["value_net.bias"].view(model.k, model.n_agents)[j, index]
     state["value_net.weight"] = value_weight.mean(dim=0, keepdim=True)
     state["value_net.bias"] = value_bias.mean(dim=0, keepdim=True)
     return state
@@ -116,7 +123,9 @@ def export_representative(
     """
     state = representative_state_dict(model, j, agents)
     progress = model._current_progress_remaining
-    policy_kwargs = {key: value for key, value in model.policy_kwargs.items() if key not in ("k", "n_agents")}
+    policy_kwargs = {
+        key: value for key, value in model.policy_kwargs.items() if key not in ("k", "n_agents", "critic")
+    }
     with warnings.catch_warnings():
         # PPO warns about n_steps * n_envs vs batch_size for its one placeholder env slot.
         warnings.simplefilter("ignore", UserWarning)

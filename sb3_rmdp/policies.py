@@ -57,6 +57,9 @@ class RepresentativeGroups:
 
 RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | RepresentativeGroups | None
 
+#: critic layouts of :class:`MultiRepresentativePolicy`
+CRITICS = ("per_representative", "conditioned")
+
 
 class MultiRepresentativePolicy(ActorCriticPolicy):
     """Actor-critic policy with k representatives (action heads) and a per-agent critic.
@@ -65,6 +68,11 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
 
     :param k: number of representatives (the policy budget), ``k >= 1``.
     :param n_agents: number of agents, ``n_agents >= 1``; the critic outputs ``(batch, n_agents)``.
+    :param critic: ``"per_representative"`` (default, the paper's section 3.2): a critic head with
+        ``k x n_agents`` outputs on a shared trunk. ``"conditioned"`` (the paper's reference code): one
+        head with ``n_agents`` outputs, the representative entering as a learned vector added to the
+        first critic layer's pre-activation (the same as a one-hot input). Its critic has ``k`` times
+        fewer head parameters, which is what the optimizer pays for at large ``k x n_agents``.
     """
 
     action_net: nn.Linear
@@ -78,6 +86,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         *args: Any,
         k: int = 1,
         n_agents: int = 1,
+        critic: str = "per_representative",
         **kwargs: Any,
     ):
         if int(k) < 1:
@@ -89,14 +98,17 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                 "use_sde=True is not supported by MultiRepresentativePolicy (gSDE keeps one exploration "
                 "matrix, not one per representative): pass use_sde=False."
             )
+        if critic not in CRITICS:
+            raise ValueError(f"critic={critic!r}: choose one of {CRITICS}.")
         # Read by `_build`, which the parent constructor calls.
         self.k = int(k)
         self.n_agents = int(n_agents)
+        self.critic = critic
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(k=self.k, n_agents=self.n_agents)
+        data.update(k=self.k, n_agents=self.n_agents, critic=self.critic)
         return data
 
     # ------------------------------------------------------------------ construction
@@ -128,7 +140,13 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             self.log_std = nn.Parameter(
                 th.ones(self.k, self.action_head_size) * self.log_std_init, requires_grad=True
             )
-        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.k * self.n_agents)
+        if self.critic == "conditioned":
+            first = self._first_critic_layer()
+            self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.n_agents)
+            #: ``(k, first critic layer's width)``: representative j's vector, added before the activation
+            self.critic_embedding = nn.Parameter(th.zeros(self.k, first.out_features))
+        else:
+            self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.k * self.n_agents)
         if self.ortho_init:
             module_gains = {
                 self.features_extractor: np.sqrt(2),
@@ -143,6 +161,24 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             for module, gain in module_gains.items():
                 module.apply(partial(self.init_weights, gain=gain))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def _first_critic_layer(self) -> nn.Linear:
+        layers = self.mlp_extractor.value_net
+        if not isinstance(layers, nn.Sequential) or len(layers) == 0 or not isinstance(layers[0], nn.Linear):
+            raise ValueError(
+                'critic="conditioned" needs at least one critic layer (net_arch with a non-empty "vf"), '
+                f"got {layers!r}; or use critic='per_representative'."
+            )
+        return layers[0]
+
+    def _conditioned_latent_vf(self, vf_features: th.Tensor, groups: int | RepresentativeGroups) -> th.Tensor:
+        """The critic trunk with each sample's representative vector added to its first pre-activation."""
+        layers = self.mlp_extractor.value_net
+        if isinstance(groups, int):
+            embedding = self.critic_embedding[groups]
+        else:
+            embedding = th.index_select(self.critic_embedding, 0, groups.index)
+        return layers[1:](layers[0](vf_features) + embedding)
 
     # ------------------------------------------------------------------ representatives
     def as_representatives(
@@ -222,12 +258,20 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return th.empty_like(out).index_copy(0, groups.order, out)
 
     # ------------------------------------------------------------------ SB3 API with representatives
-    def _latents(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+    def _latents(
+        self, obs: PyTorchObs, representatives: RepresentativesLike
+    ) -> tuple[th.Tensor, th.Tensor, int | RepresentativeGroups]:
+        """Actor and critic latents ``(batch, latent_dim)`` and the batch's resolved representatives."""
         features = self.extract_features(obs)
-        if self.share_features_extractor:
-            return self.mlp_extractor(features)
-        pi_features, vf_features = features
-        return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)
+        if isinstance(features, tuple):  # separate actor and critic features extractors
+            pi_features, vf_features = features
+        else:
+            pi_features = vf_features = features
+        latent_pi = self.mlp_extractor.forward_actor(pi_features)
+        groups = self.as_representatives(representatives, latent_pi.shape[0])
+        if self.critic == "conditioned":
+            return latent_pi, self._conditioned_latent_vf(vf_features, groups), groups
+        return latent_pi, self.mlp_extractor.forward_critic(vf_features), groups
 
     def _get_action_dist_from_latent(
         self, latent_pi: th.Tensor, representatives: RepresentativesLike = None
@@ -251,6 +295,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return self.action_dist.proba_distribution(action_logits=head)
 
     def _values_from_latent(self, latent_vf: th.Tensor, representatives: RepresentativesLike) -> th.Tensor:
+        if self.critic == "conditioned":
+            return self.value_net(latent_vf)
         index = self.as_representatives(representatives, latent_vf.shape[0])
         return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
 
@@ -264,8 +310,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         :return: actions ``(batch, *action_shape)``, values ``(batch, n_agents)``,
             log-probabilities ``(batch,)``.
         """
-        latent_pi, latent_vf = self._latents(obs)
-        groups = self.as_representatives(representatives, latent_pi.shape[0])
+        latent_pi, latent_vf, groups = self._latents(obs, representatives)
         values = self._values_from_latent(latent_vf, groups)
         distribution = self._get_action_dist_from_latent(latent_pi, groups)
         actions = distribution.get_actions(deterministic=deterministic)
@@ -277,8 +322,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self, obs: PyTorchObs, actions: th.Tensor, representatives: RepresentativesLike = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``."""
-        latent_pi, latent_vf = self._latents(obs)
-        groups = self.as_representatives(representatives, latent_pi.shape[0])
+        latent_pi, latent_vf, groups = self._latents(obs, representatives)
         distribution = self._get_action_dist_from_latent(latent_pi, groups)
         log_prob = distribution.log_prob(actions)
         values = self._values_from_latent(latent_vf, groups)
@@ -292,6 +336,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     def predict_values(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> th.Tensor:
         """Per-agent values ``(batch, n_agents)`` under each sample's representative."""
         features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
+        if self.critic == "conditioned":
+            groups = self.as_representatives(representatives, features.shape[0])
+            return self._values_from_latent(self._conditioned_latent_vf(features, groups), groups)
         latent_vf = self.mlp_extractor.forward_critic(features)
         return self._values_from_latent(latent_vf, representatives)
 

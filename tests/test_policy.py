@@ -94,3 +94,48 @@ def test_truncation_is_bootstrapped_per_agent_with_the_collecting_critic() -> No
     for returns in model.rollout_episode_returns:
         assert returns.shape == (1, 3)
         assert np.allclose(returns[0] / np.arange(1, 4), returns[0, 0], rtol=1e-5)
+
+
+def test_conditioned_critic_has_n_outputs_and_one_vector_per_representative(tmp_path) -> None:
+    from stable_baselines3 import PPO
+
+    from sb3_rmdp.export import export_representative
+
+    model = RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=2,
+        seed=0,
+        policy_kwargs={"critic": "conditioned", "net_arch": [16, 16]},
+    )
+    policy = model.policy
+    assert policy.value_net.out_features == 3 and policy.critic_embedding.shape == (2, 16)
+    model.learn(256)
+    # The representatives' vectors were learned apart, so their critics differ on the same states.
+    obs = th.as_tensor(model.rollout_buffer.observations.reshape(-1, 4)[:8])
+    with th.no_grad():
+        values = [policy.predict_values(obs, representatives=j) for j in (0, 1)]
+        assert values[0].shape == (8, 3) and not th.allclose(values[0], values[1])
+        # forward, evaluate_actions and predict_values agree, per sample, with mixed representatives
+        mixed = th.tensor([0, 1] * 4)
+        _, forward_values, _ = policy(obs, representatives=mixed)
+        actions = th.zeros(8, dtype=th.long)
+        evaluated, _, _ = policy.evaluate_actions(obs, actions, representatives=mixed)
+        expected = th.where((mixed == 0)[:, None], values[0], values[1])
+        th.testing.assert_close(forward_values, expected)
+        th.testing.assert_close(evaluated, expected)
+    # Saved and loaded with its layout; exported with the vector folded into the first critic bias.
+    model.save(tmp_path / "m.zip")
+    assert RMDPPPO.load(tmp_path / "m.zip").policy.critic == "conditioned"
+    exported = PPO.load(export_representative(model, 1, tmp_path / "rep1.zip", agents=[0, 2]), device="cpu")
+    with th.no_grad():
+        th.testing.assert_close(exported.policy.predict_values(obs)[:, 0], values[1][:, [0, 2]].mean(dim=1))
+
+
+def test_unknown_critic_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="critic='shared'"):
+        RMDPPPO("MlpPolicy", make_scaled, k=2, n_envs=2, policy_kwargs={"critic": "shared"})
