@@ -556,8 +556,10 @@ def train_command(args: argparse.Namespace) -> int:
     speed = model.num_timesteps / elapsed
     print(f"Trained {model.num_timesteps} steps in {elapsed:.1f} s ({speed:.0f} steps/s).")
     if args.eval_episodes > 0:
+        # In the env's own units: the tuned env kwargs (e.g. Resource Gathering's reward_scale=0.01) are
+        # a training device, so only the user's --env-kwargs shape the evaluation env.
         table = evaluate_agent_returns(
-            model, make_env(args.env, env_kwargs, seed=args.seed), n_episodes=args.eval_episodes
+            model, make_env(args.env, user_env_kwargs, seed=args.seed), n_episodes=args.eval_episodes
         )
         print_summary(
             welfare_summary(table, model.assignment()),
@@ -567,9 +569,9 @@ def train_command(args: argparse.Namespace) -> int:
         sizes = np.bincount(model.assignment(), minlength=args.k)
         print(f"group sizes: {' '.join(str(size) for size in sizes)}")
     print(f"Model saved to {save}")
-    # The env kwargs of training, tuned ones included: evaluate reports returns in the same units.
-    env_option = " --env-kwargs " + " ".join(f"{key}={value!r}" for key, value in env_kwargs.items())
-    print(f"Evaluate it with: {PROG} evaluate {save} --env {args.env}{env_option if env_kwargs else ''}")
+    # The user's env kwargs only, as for the summary above: returns in the env's own units.
+    env_option = " --env-kwargs " + " ".join(f"{key}={value!r}" for key, value in user_env_kwargs.items())
+    print(f"Evaluate it with: {PROG} evaluate {save} --env {args.env}{env_option if user_env_kwargs else ''}")
     if args.tensorboard_log:
         print(f"TensorBoard logs in {args.tensorboard_log}: tensorboard --logdir {args.tensorboard_log}")
     return 0

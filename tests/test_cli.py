@@ -56,7 +56,8 @@ def test_train_save_evaluate_export_report(tmp_path: Path, capsys: pytest.Captur
     assert "tuned hyperparameters" in out and "reward_scale=0.01" in out
     assert "welfare of the deployed assignment: utilitarian" in out and "which agents" in out
     assert f"Model saved to {model_path}" in out
-    assert f"evaluate {model_path} --env {RG} --env-kwargs reward_scale=0.01" in out
+    # Evaluated, and to be evaluated, in the env's own units (reward_scale is a training device).
+    assert f"Evaluate it with: sb3-rmdp evaluate {model_path} --env {RG}\n" in out
     assert [run.name for run in runs.iterdir()] == ["em_k2_1"]
     model = RMDPPPO.load(model_path)
     assert (model.k, model.n_agents, model.num_timesteps, model.n_steps) == (2, 25, 1024, 64)
