@@ -26,3 +26,18 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def save_welfare_vs_k(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    """``sb3_rmdp.plotting.plot_welfare_vs_k`` on a log k axis, saved as a PNG."""
+    from sb3_rmdp.plotting import plot_welfare_vs_k
+
+    fig = plot_welfare_vs_k(rows, title=title)
+    fig.set_size_inches(6.5, 4.2)
+    ax = fig.axes[0]
+    ks = sorted({int(r["k"]) for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_se, write_csv
+from _common import mean_se, save_welfare_vs_k, write_csv
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -155,39 +155,11 @@ def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, bu
 
 
 def plot_welfare(rows: list[dict[str, Any]], env_name: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = sorted({int(r["k"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    bounds = [mean_se([r["upper_bound"] for r in rows if r["k"] == k])[0] for k in ks]
-    ax.plot(ks, bounds, "k--", lw=1.2, label="upper bound (best k constant speeds)")
-    for algorithm in ALGORITHMS:
-        xs = [k for k in ks if any(r["algorithm"] == algorithm and r["k"] == k for r in rows)]
-        if not xs:
-            continue
-        stats = [
-            mean_se([r["welfare_eval"] for r in rows if r["algorithm"] == algorithm and r["k"] == k])
-            for k in xs
-        ]
-        ax.errorbar(
-            xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=algorithm
-        )
-    ax.set_xscale("log")
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.minorticks_off()
-    ax.set_xlabel("policy budget k")
-    ax.set_ylabel("welfare (evaluation episodes, deployed assignment)")
+    """Figure 3: welfare against k per algorithm (mean and s.e.), the upper bound dashed."""
     budgets = sorted({int(r["budget_per_representative"]) for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
-    ax.set_title(f"{env_name} velocity: {budgets} steps per representative, seeds {seeds}", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = f"{env_name} velocity: {budgets} steps per representative, seeds {seeds}"
+    save_welfare_vs_k(rows, title, path)
 
 
 def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_se, write_csv
+from _common import mean_se, save_welfare_vs_k, write_csv
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,40 +90,11 @@ def run_cell(algorithm: str, k: int, seed: int, budget_per_representative: int) 
 
 
 def plot_welfare(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sb3_rmdp.envs.resource_gathering import optimal_welfare
-
-    ks = sorted({int(r["k"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(ks, [optimal_welfare(k) for k in ks], "k--", lw=1.2, label="exact optimum (k policies)")
-    for algorithm in ALGORITHMS:
-        points = [
-            (k, mean_se([r["welfare_eval"] for r in rows if r["algorithm"] == algorithm and r["k"] == k]))
-            for k in ks
-        ]
-        points = [(k, m) for k, m in points if any(r["algorithm"] == algorithm and r["k"] == k for r in rows)]
-        if not points:
-            continue
-        xs = [k for k, _ in points]
-        means = [m for _, (m, _) in points]
-        ses = [s for _, (_, s) in points]
-        ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, label=algorithm)
-    ax.set_xscale("log")
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.minorticks_off()
-    ax.set_xlabel("policy budget k")
-    ax.set_ylabel("welfare (evaluation episodes, deployed assignment)")
+    """Figure 2: welfare against k per algorithm (mean and s.e.), the exact optimum dashed."""
     budgets = sorted({int(r["budget_per_representative"]) for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
-    ax.set_title(f"Resource Gathering, n=25: {budgets} steps per representative, seeds {seeds}", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    title = f"Resource Gathering, n=25: {budgets} steps per representative, seeds {seeds}"
+    save_welfare_vs_k(rows, title, path)
 
 
 def plot_paths(rows: list[dict[str, Any]], path: Path) -> None:
