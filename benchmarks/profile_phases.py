@@ -35,7 +35,6 @@ folder on ``sys.path`` it would shadow the standard library's ``profile``, which
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import os
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_csv
 from throughput import ALGORITHMS, CONFIGS, RESULTS, Config, build_model, machine, peak_rss_mb, versions
 
 PHASES = (
@@ -301,11 +301,7 @@ def main() -> None:
             )
             print(f"{name} {algorithm}: {result['total_s']:.1f} s: {summary}", flush=True)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out.with_suffix(".csv"))
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

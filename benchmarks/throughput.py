@@ -21,7 +21,6 @@ Writes ``benchmarks/results/throughput.{csv,json,png}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -31,6 +30,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -266,11 +268,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out.with_suffix(".csv"))
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 
 
 class ScaledRewardsEnv(gym.Wrapper):
@@ -60,3 +61,21 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class LogRecorder(BaseCallback):
+    """Keeps the logger's values at every rollout end: after the assigner logged (RMDPPPO runs it first),
+    before SB3 dumps the logs and before the update; ``on_record(callback)`` may keep more."""
+
+    def __init__(self, on_record: Any = None):
+        super().__init__()
+        self.recorded: list[dict[str, object]] = []
+        self.on_record = on_record
+
+    def _on_rollout_end(self) -> None:
+        self.recorded.append(dict(self.logger.name_to_value))
+        if self.on_record is not None:
+            self.on_record(self)
+
+    def _on_step(self) -> bool:
+        return True

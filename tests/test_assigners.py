@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch as th
-from conftest import make_scaled
+from conftest import LogRecorder, make_scaled
 
 from sb3_rmdp import RMDPPPO, EMAssigner, EndToEndAssigner, KMeansAssigner, OracleAssigner, RandomAssigner
 from sb3_rmdp.assigners import equal_width_bins, kmeans_assignment
@@ -215,23 +215,18 @@ def test_with_one_representative_every_assigner_trains_the_same_policy() -> None
 
 
 def test_end_to_end_logs_the_deployed_welfare_and_the_soft_one() -> None:
-    from stable_baselines3.common.callbacks import BaseCallback
 
     from sb3_rmdp.welfare import utilitarian_welfare
 
-    recorded: list[dict[str, object]] = []
     soft_weights: list[np.ndarray] = []
 
-    class Recorder(BaseCallback):
+    def keep_soft_weights(callback: LogRecorder) -> None:
         # After the assigner's log, before the update that moves the logits again.
-        def _on_rollout_end(self) -> None:
-            recorded.append(dict(self.logger.name_to_value))
-            with th.no_grad():
-                soft_weights.append(self.model.assigner.weights().numpy().copy())
+        with th.no_grad():
+            soft_weights.append(callback.model.assigner.weights().numpy().copy())
 
-        def _on_step(self) -> bool:
-            return True
-
+    recorder = LogRecorder(keep_soft_weights)
+    recorded = recorder.recorded
     model = RMDPPPO(
         "MlpPolicy",
         make_scaled,
@@ -243,7 +238,7 @@ def test_end_to_end_logs_the_deployed_welfare_and_the_soft_one() -> None:
         assigner=EndToEndAssigner(init_scale=0.3, seed=0),
         seed=0,
     )
-    model.learn(400, callback=Recorder())
+    model.learn(400, callback=recorder)
     table, soft = model.training_returns, soft_weights[-1]
     assert np.array_equal(model.assignment(), soft.argmax(axis=1))
     assert recorded[-1]["welfare/utilitarian"] == pytest.approx(

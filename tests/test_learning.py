@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import make_scaled
+from conftest import LogRecorder, make_scaled
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_rmdp import RMDPPPO, EMAssigner
@@ -32,16 +32,8 @@ def test_em_with_three_representatives_beats_the_best_single_policy() -> None:
 
 
 def test_welfare_and_assignment_are_logged_every_rollout() -> None:
-    recorded: list[dict[str, object]] = []
-
-    class Recorder(BaseCallback):
-        # Runs after the assigner (RMDPPPO puts the assigner first) and before SB3 dumps the logs.
-        def _on_rollout_end(self) -> None:
-            recorded.append(dict(self.logger.name_to_value))
-
-        def _on_step(self) -> bool:
-            return True
-
+    recorder = LogRecorder()
+    recorded = recorder.recorded
     model = RMDPPPO(
         "MlpPolicy",
         make_scaled,
@@ -53,7 +45,7 @@ def test_welfare_and_assignment_are_logged_every_rollout() -> None:
         assigner=EMAssigner(mixing=1.0, warm_start_updates=0),
         seed=0,
     )
-    model.learn(1200, callback=Recorder())
+    model.learn(1200, callback=recorder)
     assert len(recorded) == 3
     for values in recorded:
         for key in ("welfare/utilitarian", "welfare/egalitarian", "welfare/nash", "assignment/changes"):
