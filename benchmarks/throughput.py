@@ -52,6 +52,10 @@ class Config:
     rollouts: int = 3
     vec_env: str = "dummy"
     critic: str = "per_representative"
+    #: PPO epochs per update (1 for memory configurations: the peak does not depend on it)
+    n_epochs: int = 10
+    #: runs per algorithm (``None``: ``--repeats``)
+    repeats: int | None = None
 
     @property
     def budget(self) -> int:
@@ -70,6 +74,8 @@ CONFIGS = [
     Config("rg-25-3", RG, 25, 3, 3, 512),
     Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
+    # the memory target: 2048 steps per slot, 102,400 transitions x 1000 agents per rollout
+    Config("hc-1000-50-mem", HC, 1000, 50, 50, 2048, rollouts=1, n_epochs=1, repeats=1),
 ]
 #: algorithms of a run: RMDPPPO, SB3's PPO, and RMDPPPO on a DummyVecEnv for a batched configuration
 ALGORITHMS = ("rmdp", "sb3", "rmdp-dummy")
@@ -98,7 +104,9 @@ def build_model(config: Config, algorithm: str, seed: int) -> Any:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
     vec_env = make_vec_env(config, seed, "dummy" if algorithm == "rmdp-dummy" else None)
-    common: dict[str, Any] = dict(n_steps=config.n_steps, batch_size=64, n_epochs=10, seed=seed, device="cpu")
+    common: dict[str, Any] = dict(
+        n_steps=config.n_steps, batch_size=64, n_epochs=config.n_epochs, seed=seed, device="cpu"
+    )
     if algorithm == "sb3":
         return PPO("MlpPolicy", vec_env, **common)
     return RMDPPPO("MlpPolicy", vec_env, k=config.k, policy_kwargs={"critic": config.critic}, **common)
@@ -236,7 +244,7 @@ def main() -> None:
             by_name[name] = config
         algorithms = ["rmdp", "sb3"] + (["rmdp-dummy"] if config.vec_env == "batched" else [])
         runs: dict[str, list[dict[str, float]]] = {algorithm: [] for algorithm in algorithms}
-        for repeat in range(1 if args.quick else args.repeats):
+        for repeat in range(1 if args.quick else config.repeats or args.repeats):
             order = algorithms if repeat % 2 == 0 else algorithms[::-1]
             for algorithm in order:
                 runs[algorithm].append(run_in_subprocess(config, algorithm, args.seed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import NamedTuple
 
 import numpy as np
@@ -23,8 +24,10 @@ def slot_representatives(n_envs: int, k: int) -> np.ndarray:
 
 class RMDPRolloutBufferSamples(NamedTuple):
     """A minibatch. Shapes: observations ``(B, *obs_shape)``, actions ``(B, action_dim)``,
-    old_values / advantages / returns ``(B, n_agents)``, old_log_prob ``(B,)``; representatives: each
-    sample's representative ``(B,)`` with the samples grouped (sorted) by representative."""
+    old_values / returns ``(B, n_agents)``, old_log_prob ``(B,)``; advantages: per-agent ``(B, n_agents)``,
+    or the marginal advantages ``(B,)`` (not normalized) when the buffer holds a fixed assignment (see
+    :meth:`RMDPRolloutBuffer.fix_assignment`); representatives: each sample's representative ``(B,)``
+    with the samples grouped (sorted) by representative."""
 
     observations: th.Tensor
     actions: th.Tensor
@@ -44,13 +47,16 @@ class RMDPRolloutBuffer(RolloutBuffer):
     advantages: the marginal advantage ``sum_i alpha[i, j] A^{ij}`` is formed by ``RMDPPPO.train``
     when a minibatch is used, so an assignment changed at rollout end applies to the coming update.
 
+    Memory is linear in ``n_agents x transitions``, never in ``k``: three per-agent arrays (rewards,
+    values, advantages); the returns ``advantages + values`` are formed per minibatch (the same float32
+    sum SB3 stores), and :attr:`returns` computes them on demand.
+
     :param n_agents: number of agents (the reward vector's length).
     :param k: number of representatives.
     """
 
     rewards: np.ndarray
     values: np.ndarray
-    returns: np.ndarray
     advantages: np.ndarray
 
     def __init__(
@@ -73,10 +79,13 @@ class RMDPRolloutBuffer(RolloutBuffer):
     def reset(self) -> None:
         super().reset()
         shape = (self.buffer_size, self.n_envs, self.n_agents)
+        # Free the last rollout's arrays before allocating this one's (peak memory).
+        self.rewards = self.values = self.advantages = np.zeros(0, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
-        self.returns = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
+        self._alpha: np.ndarray | None = None
+        self.marginal_advantages: np.ndarray | None = None
         # Samples are flattened env-major by `swap_and_flatten`: sample e * n_steps + t is slot e.
         self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
 
@@ -130,7 +139,54 @@ class RMDPRolloutBuffer(RolloutBuffer):
             delta = self.rewards[step] + self.gamma * next_values * next_non_terminal - self.values[step]
             last_gae_lam = delta + self.gamma * self.gae_lambda * next_non_terminal * last_gae_lam
             self.advantages[step] = last_gae_lam
-        self.returns = self.advantages + self.values
+
+    @property
+    def returns(self) -> np.ndarray:
+        """TD(lambda) returns ``advantages + values``, same layout (computed on each access)."""
+        return self.advantages + self.values
+
+    @returns.setter
+    def returns(self, _value: np.ndarray) -> None:
+        """Ignored: ``RolloutBuffer.reset`` allocates a returns array, which this buffer derives instead."""
+
+    def fix_assignment(self, alpha: np.ndarray | None) -> None:
+        """Form the marginal advantages ``sum_i alpha[i, j] A^{ij}`` once for this update.
+
+        For an assignment that does not change during the update (every assigner but a learning one),
+        each sample's marginal advantage is computed once per rollout instead of once per minibatch
+        and epoch; minibatches then carry ``(B,)`` marginal advantages. ``None`` goes back to per-agent
+        advantages (for an assignment learned in the update).
+
+        :param alpha: ``(n_agents, k)`` assignment weights, or ``None``.
+        """
+        self._alpha = None if alpha is None else np.asarray(alpha, dtype=np.float32)
+        self.marginal_advantages = None
+
+    def _compute_marginal_advantages(self, alpha: np.ndarray) -> np.ndarray:
+        """``(n_steps * n_envs,)`` marginal advantages of the flattened (env-major) samples."""
+        marginal = np.empty(self.buffer_size * self.n_envs, dtype=np.float32)
+        for slot, representative in enumerate(self.slot_representatives):
+            rows = slice(slot * self.buffer_size, (slot + 1) * self.buffer_size)
+            marginal[rows] = self.advantages[rows] @ alpha[:, representative]
+        return marginal
+
+    def get(self, batch_size: int | None = None) -> Generator[RMDPRolloutBufferSamples, None, None]:  # type: ignore[override]
+        """SB3's minibatch generator (the same permutation from NumPy's global stream, as SB3 draws it),
+        without a returns array."""
+        assert self.full, ""
+        indices = np.random.permutation(self.buffer_size * self.n_envs)  # noqa: NPY002
+        if not self.generator_ready:
+            for name in ("observations", "actions", "values", "log_probs", "advantages"):
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+        if self._alpha is not None and self.marginal_advantages is None:
+            self.marginal_advantages = self._compute_marginal_advantages(self._alpha)
+        if batch_size is None:
+            batch_size = self.buffer_size * self.n_envs
+        start_idx = 0
+        while start_idx < self.buffer_size * self.n_envs:
+            yield self._get_samples(indices[start_idx : start_idx + batch_size])
+            start_idx += batch_size
 
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
@@ -141,13 +197,14 @@ class RMDPRolloutBuffer(RolloutBuffer):
             # policy runs one matrix product per representative with no permutation.
             order = np.argsort(sample_representatives, kind="stable")
             batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
+        values, advantages = self.values[batch_inds], self.advantages[batch_inds]
         data = (
             self.observations[batch_inds],
             self.actions[batch_inds].astype(np.float32, copy=False),
-            self.values[batch_inds],
+            values,
             self.log_probs[batch_inds].flatten(),
-            self.advantages[batch_inds],
-            self.returns[batch_inds],
+            advantages if self.marginal_advantages is None else self.marginal_advantages[batch_inds],
+            advantages + values,
         )
         observations, actions, old_values, old_log_prob, advantages, returns = map(self.to_torch, data)
         representatives = RepresentativeGroups(

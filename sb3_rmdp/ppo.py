@@ -429,15 +429,18 @@ class RMDPPPO(PPO):
     def marginal_advantages(self, advantages: th.Tensor, representatives: th.Tensor) -> th.Tensor:
         """``sum_i alpha[i, j_b] A^{i j_b}_b`` for each sample b, normalized per representative.
 
-        :param advantages: ``(batch, n_agents)`` per-agent advantages.
+        :param advantages: ``(batch, n_agents)`` per-agent advantages, or ``(batch,)`` marginal advantages
+            the buffer formed for a fixed assignment (then only normalized here).
         :param representatives: ``(batch,)`` long, each sample's representative ``j_b``.
         :return: ``(batch,)``; differentiable w.r.t. the assignment when the assigner learns it.
         """
-        alpha = self.assigner.weights()
-        if not self.assigner.requires_grad or self.k == 1:
-            # With one representative alpha is constantly 1: there is nothing to learn.
-            alpha = alpha.detach()
-        marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
+        if advantages.ndim == 1:
+            marginal = advantages
+        else:
+            alpha = self.assigner.weights()
+            if not self._learns_assignment():
+                alpha = alpha.detach()
+            marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
         if self.normalize_advantage and len(marginal) > 1:
             if self.k == 1:
                 marginal = (marginal - marginal.mean()) / (marginal.std() + 1e-8)
@@ -445,11 +448,22 @@ class RMDPPPO(PPO):
                 marginal = normalize_per_representative(marginal, representatives, self.k)
         return marginal
 
+    def _learns_assignment(self) -> bool:
+        """Whether the coming update trains the assignment (with one representative alpha is constantly 1)."""
+        return self.assigner.requires_grad and self.k > 1
+
     def train(self) -> None:
         """SB3's PPO update, with marginal advantages and a per-agent value loss.
 
-        The assigner's own optimizer (if any) steps in the same backward pass as the policy's.
+        The assigner's own optimizer (if any) steps in the same backward pass as the policy's. A fixed
+        assignment's marginal advantages are formed once per update by the buffer.
         """
+        assert isinstance(self.rollout_buffer, RMDPRolloutBuffer)
+        if self._learns_assignment():
+            self.rollout_buffer.fix_assignment(None)
+        else:
+            with th.no_grad():
+                self.rollout_buffer.fix_assignment(self.assigner.weights().cpu().numpy())
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
@@ -467,7 +481,7 @@ class RMDPPPO(PPO):
                 actions = rollout_data.actions
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
-                representatives = rollout_data.representatives  # type: ignore[attr-defined]
+                representatives = rollout_data.representatives
 
                 values, log_prob, entropy = self.policy.evaluate_actions(
                     rollout_data.observations, actions, representatives=representatives
@@ -524,7 +538,7 @@ class RMDPPPO(PPO):
                 break
 
         explained_var = explained_variance(
-            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+            self.rollout_buffer.values.ravel(), self.rollout_buffer.returns.ravel()
         )
 
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
