@@ -51,7 +51,7 @@ class Config:
     n_steps: int
     rollouts: int = 3
     vec_env: str = "dummy"
-    critic: str = "per_representative"
+    critic: str = "auto"
     #: PPO epochs per update (1 for memory configurations: the peak does not depend on it)
     n_epochs: int = 10
     #: runs per algorithm (``None``: ``--repeats``)
@@ -70,7 +70,7 @@ CONFIGS = [
     Config("hc-100-5", HC, 100, 5, 5, 1024),
     Config("hc-1000-5", HC, 1000, 5, 5, 1024),
     Config("hc-1000-50", HC, 1000, 50, 50, 128, rollouts=2),
-    Config("hc-1000-50-cond", HC, 1000, 50, 50, 128, rollouts=2, critic="conditioned"),
+    Config("hc-1000-50-perrep", HC, 1000, 50, 50, 128, rollouts=2, critic="per_representative"),
     Config("rg-25-3", RG, 25, 3, 3, 512),
     Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),

@@ -57,11 +57,33 @@ class RepresentativeGroups:
 
 RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | RepresentativeGroups | None
 
-#: critic layouts of :class:`MultiRepresentativePolicy`
-CRITICS = ("per_representative", "conditioned")
+#: critic layouts of :class:`MultiRepresentativePolicy` (``"auto"`` resolves to one of the other two)
+CRITICS = ("auto", "per_representative", "conditioned")
+#: ``critic="auto"`` keeps the paper's ``k x n_agents`` head up to this many outputs and conditions the
+#: critic on the representative above it (see :func:`resolve_critic`)
+AUTO_CRITIC_MAX_OUTPUTS = 10_000
 #: a k-block linear layer with at most this many outputs runs as one product and a gather (measured
 #: faster up to about 500 outputs with batches of 64, one CPU thread; see ``_per_representative_linear``)
 FULL_HEAD_MAX_OUTPUTS = 512
+
+
+def resolve_critic(critic: str, k: int, n_agents: int) -> str:
+    """The critic layout ``critic`` stands for: ``"auto"`` becomes ``"per_representative"`` when
+    ``k * n_agents <= AUTO_CRITIC_MAX_OUTPUTS`` and ``"conditioned"`` above.
+
+    Above that size the per-representative head (``k x n_agents x latent`` weights: 3.2M at n=1000,
+    k=50) costs the optimizer more per minibatch than the rest of a PPO step, and each of its blocks
+    learns from 1/k of the data; the conditioned critic (the reference code's) shares one
+    ``n_agents``-output head. Measured in ``benchmarks/throughput.py`` (``hc-1000-50`` against
+    ``hc-1000-50-perrep``).
+
+    :raises ValueError: for an unknown layout.
+    """
+    if critic not in CRITICS:
+        raise ValueError(f"critic={critic!r}: choose one of {CRITICS}.")
+    if critic != "auto":
+        return critic
+    return "per_representative" if k * n_agents <= AUTO_CRITIC_MAX_OUTPUTS else "conditioned"
 
 
 class MultiRepresentativePolicy(ActorCriticPolicy):
@@ -71,7 +93,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
 
     :param k: number of representatives (the policy budget), ``k >= 1``.
     :param n_agents: number of agents, ``n_agents >= 1``; the critic outputs ``(batch, n_agents)``.
-    :param critic: ``"per_representative"`` (default, the paper's section 3.2): a critic head with
+    :param critic: ``"auto"`` (default): ``"per_representative"`` up to ``k x n_agents = 10,000``
+        critic outputs, ``"conditioned"`` above (:func:`resolve_critic`; the policy stores the resolved
+        layout). ``"per_representative"`` (the paper's section 3.2): a critic head with
         ``k x n_agents`` outputs on a shared trunk. ``"conditioned"`` (the paper's reference code): one
         head with ``n_agents`` outputs, the representative entering as a learned vector added to the
         first critic layer's pre-activation (the same as a one-hot input). Its critic has ``k`` times
@@ -89,7 +113,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         *args: Any,
         k: int = 1,
         n_agents: int = 1,
-        critic: str = "per_representative",
+        critic: str = "auto",
         **kwargs: Any,
     ):
         if int(k) < 1:
@@ -101,12 +125,10 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                 "use_sde=True is not supported by MultiRepresentativePolicy (gSDE keeps one exploration "
                 "matrix, not one per representative): pass use_sde=False."
             )
-        if critic not in CRITICS:
-            raise ValueError(f"critic={critic!r}: choose one of {CRITICS}.")
         # Read by `_build`, which the parent constructor calls.
         self.k = int(k)
         self.n_agents = int(n_agents)
-        self.critic = critic
+        self.critic = resolve_critic(critic, self.k, self.n_agents)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import make_scaled
+from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_rmdp import RMDPPPO
+from sb3_rmdp.policies import AUTO_CRITIC_MAX_OUTPUTS, MultiRepresentativePolicy, resolve_critic
 
 
 @pytest.mark.parametrize(("env_id", "k", "n_agents"), [("CartPole-v1", 3, 5), ("Pendulum-v1", 4, 6)])
@@ -139,3 +141,17 @@ def test_conditioned_critic_has_n_outputs_and_one_vector_per_representative(tmp_
 def test_unknown_critic_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="critic='shared'"):
         RMDPPPO("MlpPolicy", make_scaled, k=2, n_envs=2, policy_kwargs={"critic": "shared"})
+
+
+def test_auto_critic_keeps_the_paper_head_until_it_outgrows_the_step() -> None:
+    assert resolve_critic("auto", 5, 100) == "per_representative"
+    assert resolve_critic("auto", 10, AUTO_CRITIC_MAX_OUTPUTS // 10) == "per_representative"
+    assert resolve_critic("auto", 10, AUTO_CRITIC_MAX_OUTPUTS // 10 + 1) == "conditioned"
+    assert resolve_critic("per_representative", 50, 1000) == "per_representative"
+    space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    big = MultiRepresentativePolicy(space, space, lambda _: 1e-3, k=50, n_agents=1000)
+    small = MultiRepresentativePolicy(space, space, lambda _: 1e-3, k=5, n_agents=100)
+    # The policy stores the resolved layout, so a saved model rebuilds the same network.
+    assert big.critic == big._get_constructor_parameters()["critic"] == "conditioned"
+    assert big.value_net.out_features == 1000
+    assert small.critic == "per_representative" and small.value_net.out_features == 500
