@@ -6,7 +6,9 @@
   files (so the site never shows a number the results do not hold):
 
   - ``welfare NAME...``: mean +- standard error of ``welfare_eval`` per algorithm and k, over the rows
-    of ``benchmarks/results/NAME.csv`` (several NAMEs are merged), with the exact optimum;
+    of ``benchmarks/results/NAME.csv`` (several NAMEs are merged), with the reference column: the exact
+    optimum (``optimal_welfare``) or the mean upper bound of the cells' populations (``upper_bound``);
+  - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per method and K;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
   - ``throughput``: ``benchmarks/results/throughput.csv``.
 
@@ -42,6 +44,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         kind, names = match.group(1), match.group(2).split()
         if kind == "welfare" and names:
             return welfare_table(names)
+        if kind == "committee" and len(names) == 1:
+            return committee_table(names[0])
         if kind == "runs" and names:
             return runs_list(names)
         if kind == "throughput" and not names:
@@ -63,32 +67,42 @@ def _rows(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _mean_se(v: list[float]) -> str:
+    """``mean ± s.e. (count)`` of the seeds' values."""
+    if not v:
+        return ""
+    mean = sum(v) / len(v)
+    if len(v) == 1:
+        return f"{mean:.2f} (1)"
+    se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
+    return f"{mean:.2f} ± {se:.2f} ({len(v)})"
+
+
 def welfare_table(names: list[str]) -> str:
     values: dict[tuple[str, int], list[float]] = defaultdict(list)
-    optimum: dict[int, float] = {}
+    reference: dict[int, list[float]] = defaultdict(list)
     budgets = set()
+    exact = True
     for name in names:
         for row in _rows(name):
             k = int(row["k"])
             values[(row["algorithm"], k)].append(float(row["welfare_eval"]))
-            optimum[k] = float(row["optimal_welfare"])
+            if "optimal_welfare" in row:
+                reference[k] = [float(row["optimal_welfare"])]
+            else:  # a sampled population's upper bound, one per cell
+                exact = False
+                reference[k].append(float(row["upper_bound"]))
             budgets.add(int(row["budget_per_representative"]))
     algorithms = list(dict.fromkeys(a for a, _ in values))
+    label = "exact optimum" if exact else "upper bound (mean)"
     lines = [
-        "| k | " + " | ".join(algorithms) + " | exact optimum |",
+        "| k | " + " | ".join(algorithms) + f" | {label} |",
         "|---:|" + "---:|" * len(algorithms) + "---:|",
     ]
-    for k in sorted(optimum):
-        cells = []
-        for algorithm in algorithms:
-            v = values.get((algorithm, k), [])
-            if not v:
-                cells.append("")
-                continue
-            mean = sum(v) / len(v)
-            se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else 0.0
-            cells.append(f"{mean:.2f} ± {se:.2f} ({len(v)})" if len(v) > 1 else f"{mean:.2f} (1)")
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {optimum[k]:.2f} |")
+    for k in sorted(reference):
+        cells = [_mean_se(values.get((algorithm, k), [])) for algorithm in algorithms]
+        bound = sum(reference[k]) / len(reference[k])
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {bound:.2f} |")
     steps = ", ".join(f"{b:,}" for b in sorted(budgets))
     caption = (
         f"*Evaluated welfare of the deployed assignment: mean ± standard error (seeds), "
@@ -97,6 +111,32 @@ def welfare_table(names: list[str]) -> str:
         + ".*"
     )
     return "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def committee_table(name: str) -> str:
+    cells: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    budgets = set()
+    for row in _rows(name):
+        method = row["method"] if not row["epsilon"] else f"{row['method']} ε={float(row['epsilon']):g}"
+        for key in ("welfare_zero_shot", "welfare_few_shot", "welfare_best_member", "upper_bound_new"):
+            cells[(method, int(row["k"]))][key].append(float(row[key]))
+        budgets.add(int(row["budget_per_representative"]))
+    lines = [
+        "| method | K | zero-shot | few-shot | best member | upper bound |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (method, k), v in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0])):
+        bound = sum(v["upper_bound_new"]) / len(v["upper_bound_new"])
+        lines.append(
+            f"| {method} | {k} | {_mean_se(v['welfare_zero_shot'])} | {_mean_se(v['welfare_few_shot'])} "
+            f"| {_mean_se(v['welfare_best_member'])} | {bound:.2f} |"
+        )
+    steps = ", ".join(f"{b:,}" for b in sorted(budgets))
+    return (
+        "\n".join(lines)
+        + f"\n\n*Held-out agents' mean return: mean ± standard error (seeds), {steps} env steps per "
+        f"representative. Source: `benchmarks/results/{name}.csv`.*\n"
+    )
 
 
 def runs_list(names: list[str]) -> str:

@@ -7,6 +7,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.utils import explained_variance
 
 from sb3_rmdp.buffers import RMDPRolloutBuffer
 
@@ -83,3 +84,18 @@ def test_samples_carry_their_slot_representative() -> None:
         assert th.equal(index, th.sort(index).values)
         assert batch.representatives.counts == th.bincount(index, minlength=k).tolist()
         assert batch.advantages.shape == (len(slots), n_agents)
+
+
+def test_explained_variance_in_chunks_equals_sb3s() -> None:
+    rng = np.random.default_rng(7)
+    n_steps, n_envs, n_agents = 40, 4, 6
+    buffer = RMDPRolloutBuffer(n_steps, OBS, ACTIONS, "cpu", 0.95, 0.99, n_envs, n_agents=n_agents, k=2)
+    buffer.values = rng.normal(3.0, 2.0, size=(n_steps, n_envs, n_agents)).astype(np.float32)
+    buffer.advantages = rng.normal(0.5, 1.0, size=(n_steps, n_envs, n_agents)).astype(np.float32)
+    expected = explained_variance(buffer.values.ravel(), buffer.returns.ravel())
+    assert buffer.explained_variance() == expected  # small buffers: SB3's function itself
+    for chunk in (n_agents, 7 * n_agents, 100 * n_agents):  # one sample per chunk, uneven, all
+        assert buffer.explained_variance(chunk_elements=chunk) == pytest.approx(expected, rel=1e-6)
+    buffer.advantages[:] = 0.0
+    buffer.values[:] = 1.0
+    assert np.isnan(buffer.explained_variance(chunk_elements=n_agents))
