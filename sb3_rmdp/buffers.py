@@ -23,11 +23,34 @@ def slot_representatives(n_envs: int, k: int) -> np.ndarray:
     return np.arange(n_envs, dtype=np.int64) % k
 
 
+def normalize_sorted_groups(advantages: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`sb3_rmdp.ppo.normalize_per_representative` in NumPy, for samples sorted by representative.
+
+    Each group is shifted to zero mean and divided by its unbiased std (+ 1e-8); a group of one sample
+    gets 0. A handful of vectorized NumPy calls whatever k: the fixed-assignment path of every minibatch.
+
+    :param advantages: ``(batch,)`` float32, sorted by representative.
+    :param counts: ``(k,)`` samples per representative.
+    :return: ``(batch,)`` float32.
+    """
+    sizes = counts[counts > 0]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    means = np.add.reduceat(advantages, starts) / sizes.astype(np.float32)
+    deviations = advantages - np.repeat(means, sizes)
+    stds = np.sqrt(
+        np.add.reduceat(deviations * deviations, starts) / np.maximum(sizes - 1, 1).astype(np.float32)
+    )
+    normalized = deviations / (np.repeat(stds, sizes) + np.float32(1e-8))
+    normalized[np.repeat(sizes, sizes) < 2] = 0.0
+    return normalized.astype(np.float32, copy=False)
+
+
 class RMDPRolloutBufferSamples(NamedTuple):
     """A minibatch. Shapes: observations ``(B, *obs_shape)``, actions ``(B, action_dim)``,
     old_values / returns ``(B, n_agents)``, old_log_prob ``(B,)``; advantages: per-agent ``(B, n_agents)``,
-    or the marginal advantages ``(B,)`` (not normalized) when the buffer holds a fixed assignment (see
-    :meth:`RMDPRolloutBuffer.fix_assignment`); representatives: each sample's representative ``(B,)``
+    or the marginal advantages ``(B,)`` when the buffer holds a fixed assignment (see
+    :meth:`RMDPRolloutBuffer.fix_assignment`; normalized per representative if it was asked to);
+    representatives: each sample's representative ``(B,)``
     with the samples grouped (sorted) by representative."""
 
     observations: th.Tensor
@@ -86,6 +109,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.values = np.zeros(shape, dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
         self._alpha: np.ndarray | None = None
+        self.normalizes_marginals = False
         self.marginal_advantages: np.ndarray | None = None
         # Samples are flattened env-major by `swap_and_flatten`: sample e * n_steps + t is slot e.
         self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
@@ -150,7 +174,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
     def returns(self, _value: np.ndarray) -> None:
         """Ignored: ``RolloutBuffer.reset`` allocates a returns array, which this buffer derives instead."""
 
-    def explained_variance(self, chunk_elements: int = 1 << 22) -> float:
+    def explained_variance(self, chunk_elements: int = 1 << 24) -> float:
         """SB3's ``explained_variance(values, returns)`` over every sample and agent, in bounded memory.
 
         Up to ``chunk_elements`` values it is SB3's function on the flattened arrays; above, the two
@@ -175,7 +199,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
         var_y, var_d = stats["y"][2] / stats["y"][0], stats["d"][2] / stats["d"][0]
         return float("nan") if var_y == 0 else float(1 - var_d / var_y)
 
-    def fix_assignment(self, alpha: np.ndarray | None) -> None:
+    def fix_assignment(self, alpha: np.ndarray | None, normalize: bool = False) -> None:
         """Form the marginal advantages ``sum_i alpha[i, j] A^{ij}`` once for this update.
 
         For an assignment that does not change during the update (every assigner but a learning one),
@@ -184,8 +208,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
         advantages (for an assignment learned in the update).
 
         :param alpha: ``(n_agents, k)`` assignment weights, or ``None``.
+        :param normalize: normalize each minibatch's marginal advantages per representative here (with
+            ``k > 1``; see :func:`normalize_sorted_groups`), so that they arrive ready for the loss.
         """
         self._alpha = None if alpha is None else np.asarray(alpha, dtype=np.float32)
+        self.normalizes_marginals = alpha is not None and normalize and self.k > 1
         self.marginal_advantages = None
 
     def _compute_marginal_advantages(self, alpha: np.ndarray) -> np.ndarray:
@@ -223,20 +250,29 @@ class RMDPRolloutBuffer(RolloutBuffer):
             # policy runs one matrix product per representative with no permutation.
             order = np.argsort(sample_representatives, kind="stable")
             batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
+        counts = np.bincount(sample_representatives, minlength=self.k)
         values, advantages = self.values[batch_inds], self.advantages[batch_inds]
+        returns = advantages + values
+        if self.marginal_advantages is not None:
+            advantages = self.marginal_advantages[batch_inds]
+            if self.normalizes_marginals and len(advantages) > 1:
+                advantages = normalize_sorted_groups(advantages, counts)
         data = (
             self.observations[batch_inds],
             self.actions[batch_inds].astype(np.float32, copy=False),
             values,
             self.log_probs[batch_inds].flatten(),
-            advantages if self.marginal_advantages is None else self.marginal_advantages[batch_inds],
-            advantages + values,
+            advantages,
+            returns,
         )
-        observations, actions, old_values, old_log_prob, advantages, returns = map(self.to_torch, data)
+        # Every array is a fresh copy (fancy indexing): the tensors may share its memory.
+        observations, actions, old_values, old_log_prob, advantages, returns = (
+            self.to_torch(array, copy=False) for array in data
+        )
         representatives = RepresentativeGroups(
             index=th.as_tensor(sample_representatives, device=self.device),
             order=None,
-            counts=np.bincount(sample_representatives, minlength=self.k).tolist(),
+            counts=counts.tolist(),
         )
         return RMDPRolloutBufferSamples(
             observations, actions, old_values, old_log_prob, advantages, returns, representatives

@@ -62,6 +62,60 @@ CRITICS = ("auto", "per_representative", "conditioned")
 #: ``critic="auto"`` keeps the paper's ``k x n_agents`` head up to this many outputs and conditions the
 #: critic on the representative above it (see :func:`resolve_critic`)
 AUTO_CRITIC_MAX_OUTPUTS = 10_000
+
+
+class GroupedLinear(th.autograd.Function):
+    """``out[b] = latent[b] @ weight[j_b].T + bias[j_b]`` for samples sorted by group ``j_b``.
+
+    One ``addmm`` per non-empty group forward, and per group two products and a sum backward,
+    written straight into the gradients (no autograd node per group, no stacking of block gradients):
+    at k=50 on minibatches of 64 this is several times faster than an autograd graph of per-group
+    ``F.linear`` calls.
+
+    Inputs: ``latent`` ``(batch, in_features)``, sorted by group; ``weight`` ``(k, size, in_features)``;
+    ``bias`` ``(k, size)``; ``counts``: samples per group, length k (a tuple of ints summing to batch).
+    Output ``(batch, size)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, latent: th.Tensor, weight: th.Tensor, bias: th.Tensor, counts: tuple[int, ...]
+    ) -> th.Tensor:
+        ctx.save_for_backward(latent, weight)
+        ctx.counts = counts
+        out = latent.new_empty(latent.shape[0], weight.shape[1])
+        start = 0
+        for j, count in enumerate(counts):
+            if count:
+                rows = slice(start, start + count)
+                th.addmm(bias[j], latent[rows], weight[j].T, out=out[rows])
+                start += count
+        return out
+
+    @staticmethod
+    @th.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: th.Tensor) -> tuple[th.Tensor | None, ...]:
+        latent, weight = ctx.saved_tensors
+        needs_latent, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        grad_latent = th.empty_like(latent) if needs_latent else None
+        grad_weight = th.zeros_like(weight) if needs_weight else None
+        grad_bias = weight.new_zeros(weight.shape[:2]) if needs_bias else None
+        start = 0
+        for j, count in enumerate(ctx.counts):
+            if not count:
+                continue
+            rows = slice(start, start + count)
+            grad = grad_out[rows]
+            if grad_latent is not None:
+                th.mm(grad, weight[j], out=grad_latent[rows])
+            if grad_weight is not None:
+                th.mm(grad.T, latent[rows], out=grad_weight[j])
+            if grad_bias is not None:
+                th.sum(grad, 0, out=grad_bias[j])
+            start += count
+        return grad_latent, grad_weight, grad_bias, None
+
+
 #: a k-block linear layer with at most this many outputs runs as one product and a gather (measured
 #: faster up to about 500 outputs with batches of 64, one CPU thread; see ``_per_representative_linear``)
 FULL_HEAD_MAX_OUTPUTS = 512
@@ -274,11 +328,11 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         """Apply to each sample only its representative's row block of a ``k``-block linear layer.
 
         Small layers (``k * size <= FULL_HEAD_MAX_OUTPUTS``, e.g. the action heads) run as one matrix
-        product over all k blocks and a gather: three autograd nodes, where one product per
-        representative costs three per representative present (at k=50, 5x slower for a 6-dim action
-        head). Large layers (the ``k x n_agents`` critic) run one product per representative present in
-        the batch, so no sample evaluates the other representatives' rows and the backward pass is a
-        plain slice copy (no scatter-add).
+        product over all k blocks and a gather: three autograd nodes (at k=50, 10x faster than a
+        product per representative for a 6-dim action head). Large layers (the ``k x n_agents``
+        critic) run one product per representative present in the batch (:class:`GroupedLinear`), so no
+        sample evaluates the other representatives' rows, and the backward pass writes each block's
+        gradient in place.
 
         :param layer: linear layer with ``k * size`` outputs.
         :param latent: ``(batch, in_features)``.
@@ -296,13 +350,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             every = layer(latent).view(-1, self.k, size)  # (batch, k, size)
             return th.gather(every, 1, groups.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
         ordered = latent if groups.order is None else latent[groups.order]
-        chunks = ordered.split(groups.counts)
-        # unbind: one backward node stacks the blocks' gradients, where indexing block by block would
-        # allocate and sum one full-size gradient per representative present
-        weights, biases = weight.unbind(0), bias.unbind(0)
-        out = th.cat(
-            [F.linear(chunk, weights[j], biases[j]) for j, chunk in enumerate(chunks) if groups.counts[j] > 0]
-        )
+        out = GroupedLinear.apply(ordered, weight, bias, tuple(groups.counts))
         if groups.order is None:
             return out
         return th.empty_like(out).index_copy(0, groups.order, out)

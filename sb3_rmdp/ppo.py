@@ -435,6 +435,8 @@ class RMDPPPO(PPO):
         :return: ``(batch,)``; differentiable w.r.t. the assignment when the assigner learns it.
         """
         if advantages.ndim == 1:
+            if self.rollout_buffer.normalizes_marginals:
+                return advantages
             marginal = advantages
         else:
             alpha = self.assigner.weights()
@@ -463,7 +465,8 @@ class RMDPPPO(PPO):
             self.rollout_buffer.fix_assignment(None)
         else:
             with th.no_grad():
-                self.rollout_buffer.fix_assignment(self.assigner.weights().cpu().numpy())
+                alpha = self.assigner.weights().cpu().numpy()
+            self.rollout_buffer.fix_assignment(alpha, normalize=self.normalize_advantage)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]

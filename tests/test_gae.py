@@ -99,3 +99,20 @@ def test_explained_variance_in_chunks_equals_sb3s() -> None:
     buffer.advantages[:] = 0.0
     buffer.values[:] = 1.0
     assert np.isnan(buffer.explained_variance(chunk_elements=n_agents))
+
+
+@pytest.mark.parametrize("counts", [(5, 1, 0, 9), (64,), (2, 2, 0, 0, 30), (1, 1, 1)])
+def test_numpy_group_normalization_equals_the_torch_one(counts: tuple[int, ...]) -> None:
+    from sb3_rmdp.buffers import normalize_sorted_groups
+    from sb3_rmdp.ppo import normalize_per_representative
+
+    rng = np.random.default_rng(len(counts))
+    advantages = rng.normal(2.0, 3.0, size=sum(counts)).astype(np.float32)
+    representatives = np.repeat(np.arange(len(counts)), counts)
+    expected = normalize_per_representative(
+        th.as_tensor(advantages), th.as_tensor(representatives), len(counts)
+    ).numpy()
+    got = normalize_sorted_groups(advantages, np.asarray(counts))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(got[np.repeat(np.asarray(counts), counts) == 1] == 0.0)

@@ -10,7 +10,12 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_rmdp import RMDPPPO
-from sb3_rmdp.policies import AUTO_CRITIC_MAX_OUTPUTS, MultiRepresentativePolicy, resolve_critic
+from sb3_rmdp.policies import (
+    AUTO_CRITIC_MAX_OUTPUTS,
+    GroupedLinear,
+    MultiRepresentativePolicy,
+    resolve_critic,
+)
 
 
 @pytest.mark.parametrize(("env_id", "k", "n_agents"), [("CartPole-v1", 3, 5), ("Pendulum-v1", 4, 6)])
@@ -155,3 +160,25 @@ def test_auto_critic_keeps_the_paper_head_until_it_outgrows_the_step() -> None:
     assert big.critic == big._get_constructor_parameters()["critic"] == "conditioned"
     assert big.value_net.out_features == 1000
     assert small.critic == "per_representative" and small.value_net.out_features == 500
+
+
+@pytest.mark.parametrize("counts", [(3, 0, 5, 1), (0, 0, 9, 0), (2, 2, 2, 2)])
+def test_grouped_linear_equals_per_sample_linear_forward_and_backward(counts: tuple[int, ...]) -> None:
+    gen = th.Generator().manual_seed(sum(counts))
+    k, size, width, batch = len(counts), 7, 5, sum(counts)
+    weight = th.randn(k, size, width, generator=gen, requires_grad=True)
+    bias = th.randn(k, size, generator=gen, requires_grad=True)
+    latent = th.randn(batch, width, generator=gen, requires_grad=True)
+    index = th.repeat_interleave(th.arange(k), th.tensor(counts))
+    upstream = th.randn(batch, size, generator=gen)
+
+    out = GroupedLinear.apply(latent, weight, bias, counts)
+    grads = th.autograd.grad((out * upstream).sum(), (latent, weight, bias))
+    expected = th.einsum("bi,boi->bo", latent, weight[index]) + bias[index]
+    expected_grads = th.autograd.grad((expected * upstream).sum(), (latent, weight, bias))
+
+    th.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        th.testing.assert_close(got, want)
+    # A representative without samples gets exactly zero gradient, as with a dense head.
+    assert all(float(grads[1][j].abs().sum()) == 0.0 for j in range(k) if counts[j] == 0)
