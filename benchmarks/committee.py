@@ -56,10 +56,14 @@ Cells whose clusterings train the very same committee (equal assignments with ``
 e.g. K-means and a GMM agreeing, or DBSCAN finding one cluster at two radii) train it once; the rows
 say so in ``shared_with``.
 
-What fits 2 cores in a session (the committed results): 81 cells, 65 committees, 22.5M env steps of
-training (``--dry-run`` counts them). About 2 hours with 2 workers when other jobs share the 2 cores
-(measured: ~1,500 env steps/s per process at load 5, with the 1024-step rollouts and minibatches of
-256 of ``mujoco_velocity.ppo_kwargs``); less on quiet cores::
+The committed results (27 cells, 2.25M env steps of training, 12.5 minutes with 2 workers on 2 cores
+cores)::
+
+    python benchmarks/committee.py --ks 2 3 5 --seeds 0 1 2 --epsilons 0.2 \\
+        --methods coverage kmeans++ random --budget-per-representative 25000 --n-jobs 2
+
+The full ablation (81 cells, 65 committees, 22.5M env steps; ``--dry-run`` counts them), about 2 hours
+on 2 cores::
 
     python benchmarks/committee.py --ks 2 3 5 --seeds 0 1 2 --epsilons 0.1 0.2 0.4 \\
         --budget-per-representative 100000 --n-jobs 2
@@ -538,11 +542,11 @@ def plot(rows: list[dict[str, Any]], headline_epsilon: float, path: Path) -> Non
     ax.set_title("coverage: epsilon sweep", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    budgets = sorted({r["budget_per_representative"] for r in rows})
-    seeds = sorted({r["seed"] for r in rows})
-    train_on = sorted({r["train_on"] for r in rows})
+    budgets = ", ".join(f"{b:,}" for b in sorted({int(r["budget_per_representative"]) for r in rows}))
+    seeds = ", ".join(str(s) for s in sorted({int(r["seed"]) for r in rows}))
+    train_on = ", ".join(sorted({str(r["train_on"]) for r in rows}))
     fig.suptitle(
-        f"{rows[0]['env']} velocity committees: {budgets} steps per representative, train on {train_on}, "
+        f"{rows[0]['env']} velocity committees: {budgets} steps per representative, trained on {train_on}, "
         f"seeds {seeds}; held-out agents, mean +- s.e. over seeds",
         fontsize=10,
     )
