@@ -10,7 +10,8 @@
     optimum (``optimal_welfare``) or the mean upper bound of the cells' populations (``upper_bound``);
   - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per method and K;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
-  - ``throughput``: ``benchmarks/results/throughput.csv``.
+  - ``throughput``: ``benchmarks/results/throughput.csv``;
+  - ``threads``: ``benchmarks/results/threads.csv``.
 
 An unknown KIND or a missing file stops the build with an error naming it.
 """
@@ -50,6 +51,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
             return runs_list(names)
         if kind == "throughput" and not names:
             return throughput_table()
+        if kind == "threads" and not names:
+            return threads_table()
         raise PluginError(f"{page.file.src_uri}: unknown results marker {match.group(0)!r}")
 
     return MARKER.sub(replace, markdown)
@@ -178,3 +181,16 @@ def throughput_table() -> str:
             f"| {rmdp:.0f} | {sb3:.0f} | {ratio:.2f} | {rss:.0f} / {rss_sb3:.0f} |"
         )
     return "\n".join(lines) + "\n\n*Source: `benchmarks/results/throughput.csv`.*\n"
+
+
+def threads_table() -> str:
+    lines = [
+        "| config | torch threads | other core | RMDPPPO steps/s | speed vs first row of its condition |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in _rows("threads"):
+        lines.append(
+            f"| {r['config']} | {r['threads']} | {r['other_core']} | {float(r['steps_per_s']):.0f} "
+            f"| {float(r['speed_vs_first_threads']):.2f} |"
+        )
+    return "\n".join(lines) + "\n\n*Source: `benchmarks/results/threads.csv`.*\n"
