@@ -10,7 +10,7 @@
     optimum (``optimal_welfare``) or the mean upper bound of the cells' populations (``upper_bound``);
   - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per method and K;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
-  - ``throughput``: ``benchmarks/results/throughput.csv``;
+  - ``throughput [NAME]``: ``benchmarks/results/NAME.csv`` (default ``throughput``);
   - ``threads``: ``benchmarks/results/threads.csv``.
 
 An unknown KIND or a missing file stops the build with an error naming it.
@@ -49,8 +49,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
             return committee_table(names[0])
         if kind == "runs" and names:
             return runs_list(names)
-        if kind == "throughput" and not names:
-            return throughput_table()
+        if kind == "throughput" and len(names) <= 1:
+            return throughput_table(names[0] if names else "throughput")
         if kind == "threads" and not names:
             return threads_table()
         raise PluginError(f"{page.file.src_uri}: unknown results marker {match.group(0)!r}")
@@ -166,8 +166,8 @@ def _escape(text: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
-def throughput_table() -> str:
-    rows = _rows("throughput")
+def throughput_table(name: str) -> str:
+    rows = _rows(name)
     lines = [
         "| config | env | n_agents | k | n_envs | n_steps | RMDPPPO steps/s | SB3 PPO steps/s | ratio "
         "| peak RSS MB (RMDPPPO / PPO) |",
@@ -180,7 +180,7 @@ def throughput_table() -> str:
             f"| {r['config']} | `{r['env']}` | {r['n_agents']} | {r['k']} | {r['n_envs']} | {r['n_steps']} "
             f"| {rmdp:.0f} | {sb3:.0f} | {ratio:.2f} | {rss:.0f} / {rss_sb3:.0f} |"
         )
-    return "\n".join(lines) + "\n\n*Source: `benchmarks/results/throughput.csv`.*\n"
+    return "\n".join(lines) + f"\n\n*Source: `benchmarks/results/{name}.csv`.*\n"
 
 
 def threads_table() -> str:
