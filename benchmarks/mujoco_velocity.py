@@ -154,6 +154,54 @@ def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, bu
     }
 
 
+def interval_breaks(targets: Any, assignment: Any) -> int:
+    """How far an assignment is from splitting the velocity range into contiguous intervals.
+
+    Agents sorted by target velocity form runs of equal representatives; an interval split has one
+    run per representative used. Returns ``runs - representatives used`` (0: contiguous intervals).
+
+    :param targets: ``(n_agents,)`` target velocities.
+    :param assignment: ``(n_agents,)`` representative of each agent.
+    """
+    import numpy as np
+
+    ordered = np.asarray(assignment)[np.argsort(np.asarray(targets), kind="stable")]
+    runs = 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
+    return runs - len(np.unique(ordered))
+
+
+def add_interval_breaks(rows: list[dict[str, Any]]) -> None:
+    """Set each row's ``interval_breaks`` from its ``targets`` and ``assignment`` columns."""
+    for row in rows:
+        targets = [float(v) for v in str(row["targets"]).split()]
+        assignment = [int(v) for v in str(row["assignment"]).split()]
+        row["interval_breaks"] = interval_breaks(targets, assignment)
+
+
+def rescore(path: Path) -> None:
+    """Add ``interval_breaks`` to a committed results CSV (and its JSON summary); redraw its histograms."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows: list[dict[str, Any]] = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("k", "n_agents", "seed", "budget_per_representative"):
+            row[key] = int(row[key])
+    add_interval_breaks(rows)
+    write_csv(rows, path)
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    for name, entry in meta.get("summary_welfare_eval", {}).items():
+        algorithm, k, n = name.split("/")
+        entry["interval_breaks"] = [
+            r["interval_breaks"]
+            for r in rows
+            if r["algorithm"] == algorithm and f"k={r['k']}" == k and f"n={r['n_agents']}" == n
+        ]
+    meta_path.write_text(json.dumps(meta, indent=2))
+    plot_histograms(rows, str(rows[0]["env"]), path.parent / f"{path.stem}_histograms.png")
+
+
 def plot_welfare(rows: list[dict[str, Any]], env_name: str, path: Path) -> None:
     """Figure 3: welfare against k per algorithm (mean and s.e.), the upper bound dashed."""
     budgets = sorted({int(r["budget_per_representative"]) for r in rows})
@@ -187,7 +235,11 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
         assignment = np.array(row["assignment"].split(), dtype=int)
         groups = [targets[assignment == j] for j in range(k)]
         ax.hist(groups, bins=bins, stacked=True, label=[f"rep {j}" for j in range(k)])
-        ax.set_title(f"{row['algorithm']}: welfare {row['welfare_eval']:.1f}", fontsize=9)
+        ax.set_title(
+            f"{row['algorithm']}: welfare {float(row['welfare_eval']):.1f}, "
+            f"{interval_breaks(targets, assignment)} breaks",
+            fontsize=9,
+        )
         ax.set_xlabel("target velocity")
     np.atleast_1d(axes)[0].set_ylabel("agents")
     np.atleast_1d(axes)[-1].legend(fontsize=7)
@@ -213,7 +265,13 @@ def main() -> None:
     )
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--rescore", type=Path, default=None, help="add interval_breaks to a results CSV, redraw, stop"
+    )
     args = parser.parse_args()
+    if args.rescore is not None:
+        rescore(args.rescore)
+        return
 
     sizes = [(k, args.n_agents) for k in args.ks] + ([(50, 1000)] if args.large else [])
     cells = []
@@ -241,6 +299,7 @@ def main() -> None:
             rows.append({**row, "algorithm": algorithm, "shared_with": row["algorithm"]})
     rows.sort(key=lambda r: (r["env"], ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
 
+    add_interval_breaks(rows)
     for env_name in args.envs:
         env_rows = [r for r in rows if r["env"] == env_name]
         out = args.out_dir / f"mujoco_velocity_{env_name}"
@@ -257,6 +316,7 @@ def main() -> None:
                     "mean": round(mean, 3),
                     "se": round(se, 3),
                     "fraction_of_bound": round(fraction, 3),
+                    "interval_breaks": [r["interval_breaks"] for r in cell],
                     "n": len(cell),
                 }
         meta = {

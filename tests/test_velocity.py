@@ -129,3 +129,14 @@ def test_bad_velocity_kwargs_give_clear_errors() -> None:
         gym.make("sb3_rmdp/HalfCheetahVelocity-v0", n_agents=0)
     with pytest.raises(ValueError, match="No velocity population"):
         make_velocity_env("Swimmer-v5")
+
+
+def test_interval_breaks_counts_runs_beyond_one_per_representative() -> None:
+    from conftest import load_benchmark
+
+    interval_breaks = load_benchmark("mujoco_velocity").interval_breaks
+    targets = np.array([0.1, 3.0, 1.0, 2.0, 0.5])
+    assert interval_breaks(targets, [0, 2, 1, 1, 0]) == 0  # [0.1 0.5 | 1.0 2.0 | 3.0]
+    assert interval_breaks(targets, [0, 0, 1, 1, 0]) == 1  # [0.1 0.5 | 1.0 2.0 | 3.0 back to rep 0]
+    assert interval_breaks(targets, [0, 1, 0, 1, 1]) == 2  # 0 1 0 1 sorted: four runs, two reps
+    assert interval_breaks(targets, [3, 3, 3, 3, 3]) == 0
