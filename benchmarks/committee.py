@@ -79,7 +79,7 @@ Smoke test (5 cells, 4 committees; 25 seconds)::
     python benchmarks/committee.py --budget-per-representative 2048 --ks 2 --seeds 0 --epsilons 0.2 \\
         --n-jobs 1 --out-dir /tmp/committee_smoke
 
-Writes ``<out-dir>/committee.{csv,json,png}``.
+Writes ``<out-dir>/<out-name>.{csv,json,png}`` (``--out-name`` defaults to ``committee``).
 """
 
 from __future__ import annotations
@@ -585,6 +585,7 @@ def main() -> None:
     )
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--out-name", default="committee", help="results file name, without extension")
     parser.add_argument(
         "--dry-run", action="store_true", help="count the committees and env steps, then stop"
     )
@@ -650,7 +651,7 @@ def main() -> None:
                 )
     rows.sort(key=lambda r: (METHODS.index(r["method"]), str(r["epsilon"]), r["k"], r["seed"]))
 
-    out = args.out_dir / "committee"
+    out = args.out_dir / args.out_name
     write_csv(rows, out.with_suffix(".csv"))
     summary = summarize(rows)
     checks = ordering_check(rows, headline)
