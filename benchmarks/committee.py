@@ -56,7 +56,7 @@ Cells whose clusterings train the very same committee (equal assignments with ``
 e.g. K-means and a GMM agreeing, or DBSCAN finding one cluster at two radii) train it once; the rows
 say so in ``shared_with``.
 
-The committed results (27 cells, 2.25M env steps of training, 12.5 minutes with 2 workers on 2 cores
+The committed results (27 cells, 2.25M env steps of training, 12.5 minutes with 2 workers on 2
 cores)::
 
     python benchmarks/committee.py --ks 2 3 5 --seeds 0 1 2 --epsilons 0.2 \\

@@ -188,9 +188,9 @@ def rescore(path: Path) -> None:
         for key in ("k", "n_agents", "seed", "budget_per_representative"):
             row[key] = int(row[key])
     add_interval_breaks(rows)
-    write_csv(rows, path)
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text())  # before anything is written: a missing JSON changes nothing
+    write_csv(rows, path)
     for name, entry in meta.get("summary_welfare_eval", {}).items():
         algorithm, k, n = name.split("/")
         entry["interval_breaks"] = [

@@ -44,7 +44,9 @@ def run_one(config_name: str, threads: int, rollouts: int, seed: int) -> dict[st
         "print(json.dumps({'wall_s': wall, 'steps_per_s': config.budget / wall}))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{config_name} with {threads} thread(s) failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -68,8 +68,9 @@ class RMDPRolloutBuffer(RolloutBuffer):
     GAE runs per agent, vectorized over agents, with exactly SB3's arithmetic (with ``n_agents=1`` it
     equals :meth:`RolloutBuffer.compute_returns_and_advantage` bit for bit). Slot ``e`` is driven by
     representative ``e % k``; each sample carries that index. The buffer stores **per-agent**
-    advantages: the marginal advantage ``sum_i alpha[i, j] A^{ij}`` is formed by ``RMDPPPO.train``
-    when a minibatch is used, so an assignment changed at rollout end applies to the coming update.
+    advantages; the marginal advantages ``sum_i alpha[i, j] A^{ij}`` are formed for each update, after
+    the assigner ran at rollout end: once for the whole buffer when the assignment is fixed during the
+    update (:meth:`fix_assignment`), else by ``RMDPPPO.train`` per minibatch (a learned assignment).
 
     Memory is linear in ``n_agents x transitions``, never in ``k``: three per-agent arrays (rewards,
     values, advantages); the returns ``advantages + values`` are formed per minibatch (the same float32
@@ -82,6 +83,9 @@ class RMDPRolloutBuffer(RolloutBuffer):
     rewards: np.ndarray
     values: np.ndarray
     advantages: np.ndarray
+    #: ``(n_steps * n_envs,)`` marginal advantages of a fixed assignment (see :meth:`fix_assignment`)
+    marginal_advantages: np.ndarray | None
+    _alpha: np.ndarray | None
 
     def __init__(
         self,
@@ -101,16 +105,17 @@ class RMDPRolloutBuffer(RolloutBuffer):
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
     def reset(self) -> None:
+        # Free the last rollout's arrays before allocating this one's (peak memory); SB3's reset
+        # replaces rewards, values and advantages with small (n_steps, n_envs) arrays.
+        self.marginal_advantages = None
         super().reset()
         shape = (self.buffer_size, self.n_envs, self.n_agents)
-        # Free the last rollout's arrays before allocating this one's (peak memory).
-        self.rewards = self.values = self.advantages = np.zeros(0, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
-        self._alpha: np.ndarray | None = None
+        self._alpha = None
         self.normalizes_marginals = False
-        self.marginal_advantages: np.ndarray | None = None
+        self.marginal_advantages = None
         # Samples are flattened env-major by `swap_and_flatten`: sample e * n_steps + t is slot e.
         self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
 
@@ -172,7 +177,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
 
     @returns.setter
     def returns(self, _value: np.ndarray) -> None:
-        """Ignored: ``RolloutBuffer.reset`` allocates a returns array, which this buffer derives instead."""
+        """Ignored: ``RolloutBuffer.reset`` allocates a returns array, which this buffer derives instead.
+
+        Returns are always ``advantages + values``: to change what the critic is trained on, change
+        ``advantages`` (or ``values``); writing into :attr:`returns` has no effect.
+        """
 
     def explained_variance(self, chunk_elements: int = 1 << 24) -> float:
         """SB3's ``explained_variance(values, returns)`` over every sample and agent, in bounded memory.

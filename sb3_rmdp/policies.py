@@ -250,7 +250,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         rest of the network, and the default (for-loop) Adam touches each of them eight times per step;
         the fused kernel reads and writes them once (3x faster, measured in ``benchmarks/profile_phases.py``).
         With ``k = n_agents = 1`` SB3's own optimizer is kept, so ``RMDPPPO`` stays bitwise SB3's PPO. A
-        user's ``fused`` or ``foreach`` in ``optimizer_kwargs`` is always respected.
+        user's ``fused`` or ``foreach`` in ``optimizer_kwargs`` is always respected. (A model saved before
+        this choice resumes with its saved, unfused optimizer settings: same numbers, slower.)
         """
         kwargs = dict(self.optimizer_kwargs)
         plain = self.k == 1 and self.n_agents == 1

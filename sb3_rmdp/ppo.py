@@ -184,7 +184,8 @@ class RMDPPPO(PPO):
             target_kl=target_kl,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
+            # "auto" written out, so that a file without the key is known to predate it (see _setup_model)
+            policy_kwargs={"critic": "auto", **(policy_kwargs or {})},
             verbose=verbose,
             seed=seed,
             device=device,
@@ -203,11 +204,15 @@ class RMDPPPO(PPO):
                 f"RMDPPPO needs a MultiRepresentativePolicy (k action heads, per-agent critic), got "
                 f"{self.policy_class.__name__}: pass 'MlpPolicy' or a subclass of MultiRepresentativePolicy."
             )
-        self.policy_kwargs = {**self.policy_kwargs, "k": self.k, "n_agents": self.n_agents}
+        # A file saved before critic="auto" existed has no "critic": its critic was per representative.
+        self.policy_kwargs = {"critic": "per_representative", **self.policy_kwargs}
+        self.policy_kwargs.update(k=self.k, n_agents=self.n_agents)
         if self.rollout_buffer_class is None:
             self.rollout_buffer_class = RMDPRolloutBuffer
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "n_agents": self.n_agents, "k": self.k}
         super()._setup_model()
+        # Saved with the model: a load rebuilds this layout whatever "auto" resolves to by then.
+        self.policy_kwargs["critic"] = self.policy.critic
         self.assigner.bind(self.n_agents, self.k, self.agent_params, seed=self.seed, device=self.device)
         slots = th.as_tensor(self.rollout_buffer.slot_representatives, device=self.device)
         self._slot_representatives = RepresentativeGroups.of(slots, self.k)
@@ -464,8 +469,7 @@ class RMDPPPO(PPO):
         if self._learns_assignment():
             self.rollout_buffer.fix_assignment(None)
         else:
-            with th.no_grad():
-                alpha = self.assigner.weights().cpu().numpy()
+            alpha = self.assigner.weights().detach().cpu().numpy()
             self.rollout_buffer.fix_assignment(alpha, normalize=self.normalize_advantage)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)

@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_rmdp import RMDPPPO, Assigner, EMAssigner, EndToEndAssigner, KMeansAssigner, RandomAssigner
 from sb3_rmdp.envs import make_rmdp_vec_env
+from sb3_rmdp.policies import AUTO_CRITIC_MAX_OUTPUTS
 
 ROLLOUT = 64 * 2  # n_steps * n_envs
 N = 2 * ROLLOUT
@@ -252,3 +253,27 @@ def test_set_env_with_a_mismatched_env_says_so(saved_path: Path) -> None:
     with pytest.raises(ValueError, match=r"3 env slots.*k=2"):
         model.set_env(_vec_env(n_envs=3))
     model.set_env(_vec_env())  # the same r-MDP is fine
+
+
+def test_files_keep_their_critic_layout(tmp_path: Path) -> None:
+    """Files store the resolved critic layout; one from before critic="auto" is per representative."""
+    n_agents = AUTO_CRITIC_MAX_OUTPUTS // 2 + 1  # k=2: just above the threshold, "auto" is conditioned
+    auto = RMDPPPO("MlpPolicy", _vec_env(n_agents=n_agents), k=2, n_steps=8, batch_size=8, seed=0)
+    assert auto.policy.critic == auto.policy_kwargs["critic"] == "conditioned"
+    auto.save(tmp_path / "auto.zip")
+    assert RMDPPPO.load(tmp_path / "auto.zip").policy.critic == "conditioned"
+
+    old = RMDPPPO(
+        "MlpPolicy",
+        _vec_env(n_agents=n_agents),
+        k=2,
+        n_steps=8,
+        batch_size=8,
+        seed=0,
+        policy_kwargs={"critic": "per_representative"},
+    )
+    del old.policy_kwargs["critic"]  # as written by a version without the "auto" layout
+    old.save(tmp_path / "old.zip")
+    loaded = RMDPPPO.load(tmp_path / "old.zip")
+    assert loaded.policy.critic == "per_representative"
+    th.testing.assert_close(loaded.policy.value_net.weight, old.policy.value_net.weight)

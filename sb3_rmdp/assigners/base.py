@@ -23,8 +23,10 @@ class Assigner(BaseCallback):
 
     An assigner is *bound* to the r-MDP once (``n_agents``, ``k``, optional ``agent_params``) when the
     model is set up, and then owns the assignment ``alpha`` ``(n_agents, k)`` (rows on the simplex).
-    ``RMDPPPO.train`` reads :meth:`weights` for every minibatch; assigners with learnable weights set
-    :attr:`requires_grad` and step their own optimizer in :meth:`step`. Subclasses update the assignment
+    ``RMDPPPO.train`` reads :meth:`weights` once per update when :attr:`requires_grad` is unset (the
+    assignment must then stay fixed during the update: the marginal advantages are formed once), and
+    for every minibatch when it is set: assigners with learnable weights set it and step their own
+    optimizer in :meth:`step`. Subclasses update the assignment
     in ``_on_rollout_end`` (called after GAE, before the policy update) and never draw from the global
     numpy/torch random streams: randomness comes from :attr:`rng`, seeded from ``seed`` or the model's seed.
 
