@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +45,22 @@ def save_welfare_vs_k(rows: list[dict[str, Any]], title: str, path: Path) -> Non
     ax.minorticks_off()
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
+
+
+def write_results(
+    rows: list[dict[str, Any]],
+    out: Path,
+    meta: dict[str, Any],
+    plot: Callable[[list[dict[str, Any]], Path], None],
+) -> None:
+    """``out.csv`` (the rows), ``out.json`` (the command line and date, then ``meta``: machine, versions,
+    seeds, wall time, notes...) and ``out.png`` (``plot(rows, path)``)."""
+    write_csv(rows, out.with_suffix(".csv"))
+    header = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    with open(out.with_suffix(".json"), "w") as f:
+        json.dump({**header, **meta}, f, indent=2)
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.csv')}, .json and .png")

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_csv
+from _common import write_results
 from throughput import ALGORITHMS, CONFIGS, RESULTS, Config, build_model, machine, peak_rss_mb, versions
 
 PHASES = (
@@ -301,10 +301,7 @@ def main() -> None:
             )
             print(f"{name} {algorithm}: {result['total_s']:.1f} s: {summary}", flush=True)
 
-    write_csv(rows, args.out.with_suffix(".csv"))
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "versions": versions(),
         "seed": args.seed,
@@ -317,10 +314,7 @@ def main() -> None:
         "time; wall_s is learn() timed from outside (their gap is the timers' own overhead).",
         "tables": tables,
     }
-    with open(args.out.with_suffix(".json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    plot(rows, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.csv')}, .json and .png")
+    write_results(rows, args.out, meta, plot)
 
 
 if __name__ == "__main__":

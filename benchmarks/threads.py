@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_csv
+from _common import write_results
 from throughput import CONFIGS, RESULTS, machine, median, versions
 
 BUSY_LOOP = "while True: pass"
@@ -112,10 +112,7 @@ def main() -> None:
         base = next(r for r in rows if r["config"] == row["config"] and r["other_core"] == row["other_core"])
         row["speed_vs_first_threads"] = round(float(row["steps_per_s"]) / float(base["steps_per_s"]), 3)  # type: ignore[arg-type]
 
-    write_csv(rows, args.out.with_suffix(".csv"))
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "versions": versions(),
         "seed": args.seed,
@@ -125,10 +122,7 @@ def main() -> None:
         "speed_vs_first_threads divides by the first --threads value in the same condition.",
         "rows": rows,
     }
-    with open(args.out.with_suffix(".json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    plot(rows, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.csv')}, .json and .png")
+    write_results(rows, args.out, meta, plot)
 
 
 if __name__ == "__main__":

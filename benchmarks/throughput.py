@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_csv
+from _common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -276,10 +276,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    write_csv(rows, args.out.with_suffix(".csv"))
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "versions": versions(),
         "seed": args.seed,
@@ -294,10 +291,7 @@ def main() -> None:
         "(steps_per_s_rmdp_dummy).",
         "rows": rows,
     }
-    with open(args.out.with_suffix(".json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    plot(rows, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.csv')}, .json and .png")
+    write_results(rows, args.out, meta, plot)
 
 
 if __name__ == "__main__":
