@@ -32,16 +32,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ENV_ID = "sb3_rmdp/ResourceGathering-v0"
 ALGORITHMS = ("em", "end_to_end", "kmeans", "random")
 PATH_KS = (1, 2, 3, 5)
+#: The end-to-end logits' Adam learning rate here. The paper's 2e-3 (``EndToEndAssigner``'s default)
+#: came with 1M transitions per policy and 320 logit steps per update: about 160,000 steps. At 50,000
+#: transitions per policy and 60 minibatches per update the logits take about 6,000 steps, and with
+#: 2e-3 the deployed argmax hardly leaves its random start (7 of 25 agents move in a run). 1e-2 was
+#: chosen by a sweep over {2e-3, 1e-2, 3e-2} at k = 3 and 10, seeds 0-2 (docs/benchmarks.md).
+END_TO_END_LR = 1e-2
 
 
-def make_assigner(algorithm: str, seed: int) -> Any:
+def make_assigner(algorithm: str, seed: int, end_to_end_lr: float = END_TO_END_LR) -> Any:
     from sb3_rmdp.assigners import EMAssigner, EndToEndAssigner, KMeansAssigner, RandomAssigner
     from sb3_rmdp.hyperparams import HYPERPARAMS
 
     if algorithm == "em":
         return EMAssigner(**HYPERPARAMS[ENV_ID]["assigner_kwargs"])
     if algorithm == "end_to_end":
-        return EndToEndAssigner(lr=2e-3, seed=seed)
+        return EndToEndAssigner(lr=end_to_end_lr, seed=seed)
     if algorithm == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
     if algorithm == "random":
@@ -49,7 +55,9 @@ def make_assigner(algorithm: str, seed: int) -> Any:
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
 
 
-def run_cell(algorithm: str, k: int, seed: int, budget_per_representative: int) -> dict[str, Any]:
+def run_cell(
+    algorithm: str, k: int, seed: int, budget_per_representative: int, end_to_end_lr: float = END_TO_END_LR
+) -> dict[str, Any]:
     """Train and evaluate one (algorithm, k, seed) cell; returns its CSV row (and paths)."""
     import gymnasium as gym
     import torch as th
@@ -62,7 +70,7 @@ def run_cell(algorithm: str, k: int, seed: int, budget_per_representative: int) 
     from sb3_rmdp.welfare import best_assignment, evaluate_agent_returns, utilitarian_welfare
 
     params = hyperparams_for(ENV_ID)
-    params["assigner"] = make_assigner(algorithm, seed)
+    params["assigner"] = make_assigner(algorithm, seed, end_to_end_lr)
     reward_scale = params["env_kwargs"]["reward_scale"]
     start = time.perf_counter()
     model = RMDPPPO("MlpPolicy", ENV_ID, k=k, seed=seed, **params)
@@ -198,6 +206,9 @@ def main() -> None:
         "--budget-per-representative", type=int, default=50_000, help="env steps per representative"
     )
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+    parser.add_argument(
+        "--end-to-end-lr", type=float, default=END_TO_END_LR, help="Adam learning rate of end-to-end's logits"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "resource_gathering")
     parser.add_argument(
         "--merge",
@@ -218,7 +229,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
         futures = {
-            pool.submit(run_cell, a, k, s, args.budget_per_representative): (a, k, s) for a, k, s in cells
+            pool.submit(run_cell, a, k, s, args.budget_per_representative, args.end_to_end_lr): (a, k, s)
+            for a, k, s in cells
         }
         for done, future in enumerate(as_completed(futures), 1):
             row = future.result()
@@ -239,6 +251,7 @@ def main() -> None:
         "versions": versions(),
         "seeds": args.seeds,
         "budget_per_representative": args.budget_per_representative,
+        "end_to_end_lr": args.end_to_end_lr if "end_to_end" in args.algorithms else None,
         "n_jobs": args.n_jobs,
         "torch_threads_per_worker": 1,
         "wall_s": round(time.time() - started, 1),
