@@ -268,9 +268,19 @@ def main() -> None:
     parser.add_argument(
         "--rescore", type=Path, default=None, help="add interval_breaks to a results CSV, redraw, stop"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="instead of training, combine runs of one env (their CSV paths, without suffix) into --out-dir",
+    )
     args = parser.parse_args()
     if args.rescore is not None:
         rescore(args.rescore)
+        return
+    if args.merge:
+        merge(args.merge, args.out_dir)
         return
 
     sizes = [(k, args.n_agents) for k in args.ks] + ([(50, 1000)] if args.large else [])
@@ -301,24 +311,6 @@ def main() -> None:
 
     add_interval_breaks(rows)
     for env_name in args.envs:
-        env_rows = [r for r in rows if r["env"] == env_name]
-        out = args.out_dir / f"mujoco_velocity_{env_name}"
-        write_csv(env_rows, out.with_suffix(".csv"))
-        summary = {}
-        for algorithm in args.algorithms:
-            for k, n in sizes:
-                cell = [
-                    r for r in env_rows if r["algorithm"] == algorithm and r["k"] == k and r["n_agents"] == n
-                ]
-                mean, se = mean_se([r["welfare_eval"] for r in cell])
-                fraction, _ = mean_se([r["fraction_of_bound"] for r in cell])
-                summary[f"{algorithm}/k={k}/n={n}"] = {
-                    "mean": round(mean, 3),
-                    "se": round(se, 3),
-                    "fraction_of_bound": round(fraction, 3),
-                    "interval_breaks": [r["interval_breaks"] for r in cell],
-                    "n": len(cell),
-                }
         meta = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -331,13 +323,94 @@ def main() -> None:
             "n_jobs": args.n_jobs,
             "torch_threads_per_worker": 1,
             "wall_s": round(time.time() - started, 1),
-            "summary_welfare_eval": summary,
         }
-        with open(out.with_suffix(".json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        plot_welfare(env_rows, env_name, out.with_suffix(".png"))
-        plot_histograms(env_rows, env_name, out.parent / f"{out.name}_histograms.png")
-        print(json.dumps(summary, indent=1))
+        env_rows = [r for r in rows if r["env"] == env_name]
+        write_env_results(env_rows, env_name, args.out_dir / f"mujoco_velocity_{env_name}", meta)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, s.e., fraction of the bound and interval breaks of ``welfare_eval`` per (algorithm, k, n)."""
+    summary = {}
+    sizes = sorted({(int(r["k"]), int(r["n_agents"])) for r in rows})
+    for algorithm in ALGORITHMS:
+        for k, n in sizes:
+            cell = [r for r in rows if r["algorithm"] == algorithm and r["k"] == k and r["n_agents"] == n]
+            if not cell:
+                continue
+            mean, se = mean_se([float(r["welfare_eval"]) for r in cell])
+            fraction, _ = mean_se([float(r["fraction_of_bound"]) for r in cell])
+            summary[f"{algorithm}/k={k}/n={n}"] = {
+                "mean": round(mean, 3),
+                "se": round(se, 3),
+                "fraction_of_bound": round(fraction, 3),
+                "interval_breaks": [int(r["interval_breaks"]) for r in cell],
+                "n": len(cell),
+            }
+    return summary
+
+
+def write_env_results(rows: list[dict[str, Any]], env_name: str, out: Path, meta: dict[str, Any]) -> None:
+    """``out.{csv,json,png}`` and ``out_histograms.png`` for one env's rows (``meta`` + the summary)."""
+    write_csv(rows, out.with_suffix(".csv"))
+    summary = summarize(rows)
+    with open(out.with_suffix(".json"), "w") as f:
+        json.dump({**meta, "summary_welfare_eval": summary}, f, indent=2)
+    plot_welfare(rows, env_name, out.with_suffix(".png"))
+    plot_histograms(rows, env_name, out.parent / f"{out.name}_histograms.png")
+    print(json.dumps(summary, indent=1))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A results CSV's rows with their numeric columns parsed."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows: list[dict[str, Any]] = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("k", "n_agents", "seed", "budget_per_representative", "interval_breaks"):
+            if key in row:
+                row[key] = int(row[key])
+        for key in ("welfare_eval", "welfare_train", "upper_bound", "fraction_of_bound", "wall_s"):
+            row[key] = float(row[key])
+    return rows
+
+
+def merge(sources: list[Path], out_dir: Path) -> None:
+    """Combine the results CSVs of several runs of one env (e.g. more seeds at the same budget) into
+    ``out_dir/mujoco_velocity_<env>``; the JSON lists each run's own sidecar (command, date, wall time).
+
+    :raises ValueError: if the runs are of different envs or budgets, or share an (algorithm, k, n, seed).
+    """
+    rows: list[dict[str, Any]] = []
+    runs = []
+    for source in sources:
+        rows += read_rows(source.with_suffix(".csv"))
+        runs.append(
+            {"csv": str(source.with_suffix(".csv")), **json.loads(source.with_suffix(".json").read_text())}
+        )
+    envs = {r["env"] for r in rows}
+    budgets = {r["budget_per_representative"] for r in rows}
+    if len(envs) != 1 or len(budgets) != 1:
+        raise ValueError(
+            f"--merge combines runs of one env and one budget, got envs {envs}, budgets {budgets}."
+        )
+    cells = [(r["algorithm"], r["k"], r["n_agents"], r["seed"]) for r in rows]
+    repeated = sorted({c for c in cells if cells.count(c) > 1})
+    if repeated:
+        raise ValueError(f"--merge: cells {repeated} appear in more than one run; merge runs of other seeds.")
+    add_interval_breaks(rows)
+    rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
+    env_name = envs.pop()
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "env": f"sb3_rmdp/{env_name}Velocity-v0",
+        "seeds": sorted({r["seed"] for r in rows}),
+        "budget_per_representative": budgets.pop(),
+        "merged_runs": runs,
+        "wall_s": round(sum(float(run["wall_s"]) for run in runs), 1),
+    }
+    write_env_results(rows, env_name, out_dir / f"mujoco_velocity_{env_name}", meta)
 
 
 if __name__ == "__main__":
