@@ -11,7 +11,9 @@
   - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per method and K;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
   - ``throughput [NAME]``: ``benchmarks/results/NAME.csv`` (default ``throughput``);
-  - ``threads``: ``benchmarks/results/threads.csv``.
+  - ``threads``: ``benchmarks/results/threads.csv``;
+  - ``profile [NAME]``: the share of each phase of a run, per configuration and algorithm, from
+    ``benchmarks/results/NAME.csv`` (default ``profile``).
 
 An unknown KIND or a missing file stops the build with an error naming it.
 """
@@ -53,6 +55,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
             return throughput_table(names[0] if names else "throughput")
         if kind == "threads" and not names:
             return threads_table()
+        if kind == "profile" and len(names) <= 1:
+            return profile_table(names[0] if names else "profile")
         raise PluginError(f"{page.file.src_uri}: unknown results marker {match.group(0)!r}")
 
     return MARKER.sub(replace, markdown)
@@ -194,3 +198,24 @@ def threads_table() -> str:
             f"| {float(r['speed_vs_first_threads']):.2f} |"
         )
     return "\n".join(lines) + "\n\n*Source: `benchmarks/results/threads.csv`.*\n"
+
+
+def profile_table(name: str) -> str:
+    """One row per (configuration, algorithm): its wall time and each phase's share of it, in percent."""
+    rows = _rows(name)
+    phases = list(dict.fromkeys(r["phase"] for r in rows))
+    runs: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    totals: dict[tuple[str, str], float] = {}
+    for r in rows:
+        runs[(r["config"], r["algorithm"])][r["phase"]] = r["percent"]
+        totals[(r["config"], r["algorithm"])] = float(r["total_s"])
+    lines = [
+        "| config | algorithm | seconds | " + " | ".join(phases) + " |",
+        "|---|---|---:|" + "---:|" * len(phases),
+    ]
+    for (config, algorithm), shares in runs.items():
+        cells = [f"{float(shares[p]):.0f}" if p in shares else "" for p in phases]
+        lines.append(
+            f"| {config} | {algorithm} | {totals[(config, algorithm)]:.1f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + f"\n\n*Source: `benchmarks/results/{name}.csv` (percent of each run's time).*\n"
