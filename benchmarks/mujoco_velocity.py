@@ -132,6 +132,7 @@ def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, bu
     table = evaluate_agent_returns(model, eval_env, n_episodes=2)
     with th.no_grad():
         weights = model.assigner.weights().cpu().numpy()
+    assert model.agent_params is not None, "velocity populations carry their targets"
     targets = model.agent_params.reshape(-1)
     bound = welfare_upper_bound(targets, k, b)
     welfare = utilitarian_welfare(table, model.assignment())

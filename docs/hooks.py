@@ -93,7 +93,10 @@ def welfare_table(names: list[str]) -> str:
     for name in names:
         for row in _rows(name):
             k = int(row["k"])
-            values[(row["algorithm"], k)].append(float(row["welfare_eval"]))
+            algorithm = row["algorithm"]
+            if row.get("end_to_end_lr"):  # a sweep of end-to-end's logits learning rate: one column each
+                algorithm += f" (lr {float(row['end_to_end_lr']):g})"
+            values[(algorithm, k)].append(float(row["welfare_eval"]))
             if "optimal_welfare" in row:
                 reference[k] = [float(row["optimal_welfare"])]
             else:  # a sampled population's upper bound, one per cell
