@@ -140,3 +140,43 @@ def test_interval_breaks_counts_runs_beyond_one_per_representative() -> None:
     assert interval_breaks(targets, [0, 0, 1, 1, 0]) == 1  # [0.1 0.5 | 1.0 2.0 | 3.0 back to rep 0]
     assert interval_breaks(targets, [0, 1, 0, 1, 1]) == 2  # 0 1 0 1 sorted: four runs, two reps
     assert interval_breaks(targets, [3, 3, 3, 3, 3]) == 0
+
+
+def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> None:
+    """``mujoco_velocity.py --merge``: runs of other seeds are pooled into one summary; a cell that two runs
+    share, or runs of different budgets, are refused with the reason."""
+    import json
+
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("mujoco_velocity")
+    targets = "0.2000 1.0000 2.5000 3.5000"
+
+    def run(name: str, seeds: list[int], welfare: float, budget: int = 1000) -> object:
+        rows = [
+            {
+                "env": "HalfCheetah", "algorithm": "em", "k": 2, "n_agents": 4, "seed": seed,
+                "budget_per_representative": budget, "welfare_eval": welfare + seed, "welfare_train": 1.0,
+                "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
+                "fraction_of_bound": (welfare + seed) / 20, "assignment": "0 0 1 1", "targets": targets,
+            }
+            for seed in seeds
+        ]  # fmt: skip
+        path = tmp_path / name
+        benchmark.write_csv(rows, path.with_suffix(".csv"))
+        path.with_suffix(".json").write_text(json.dumps({"command": f"run {name}", "wall_s": 1.0}))
+        return path
+
+    first, second = run("a", [0, 1], 4.0), run("b", [2], 4.0)
+    out = tmp_path / "merged"
+    benchmark.merge([first, second], out)
+    meta = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())
+    assert meta["seeds"] == [0, 1, 2]
+    assert [run["command"] for run in meta["merged_runs"]] == ["run a", "run b"]
+    summary = meta["summary_welfare_eval"]["em/k=2/n=4"]
+    assert summary["n"] == 3 and summary["mean"] == pytest.approx(5.0)  # 4, 5 and 6
+    assert summary["interval_breaks"] == [0, 0, 0]
+    with pytest.raises(ValueError, match="more than one run"):
+        benchmark.merge([first, run("c", [1], 9.0)], out)
+    with pytest.raises(ValueError, match="one budget"):
+        benchmark.merge([first, run("d", [5], 4.0, budget=2000)], out)
