@@ -173,13 +173,15 @@ def merge(sources: list[Path], out: Path) -> None:
         if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists():
             shutil.copyfile(paths_png, out.parent / f"{out.name}_paths.png")
     # At k=1 every assigner trains the same single policy (bit for bit: tests/test_assigners.py), so an
-    # algorithm run without k=1 shares EM's k=1 rows, marked in `shared_with`.
+    # algorithm run without k=1 for a seed it ran shares EM's k=1 row of that seed, marked in `shared_with`.
     for row in rows:
         row.setdefault("shared_with", "")
+    em_k1 = {r["seed"]: r for r in rows if r["algorithm"] == "em" and r["k"] == 1}
     for algorithm in sorted({r["algorithm"] for r in rows} - {"em"}):
-        if not any(r["algorithm"] == algorithm and r["k"] == 1 for r in rows):
-            shared = [r for r in rows if r["algorithm"] == "em" and r["k"] == 1]
-            rows += [{**r, "algorithm": algorithm, "shared_with": "em"} for r in shared]
+        seeds = {r["seed"] for r in rows if r["algorithm"] == algorithm}
+        have_k1 = {r["seed"] for r in rows if r["algorithm"] == algorithm and r["k"] == 1}
+        for seed in sorted((seeds - have_k1) & set(em_k1)):
+            rows.append({**em_k1[seed], "algorithm": algorithm, "shared_with": "em"})
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
     write_csv(rows, out.with_suffix(".csv"))
     meta = {
