@@ -11,6 +11,49 @@ from pathlib import Path
 from typing import Any
 
 
+def result_path(stem: Path, extension: str) -> Path:
+    """The file ``stem`` + ``extension`` of a result set (``.csv``, ``.json``, ``.png``).
+
+    ``stem`` names the set without extension and may hold dots (``..._lr0.01``), which
+    ``Path.with_suffix`` would take for an extension; a stem given with one of the three extensions
+    loses it first.
+    """
+    if stem.suffix in (".csv", ".json", ".png"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + extension)
+
+
+def check_mergeable(rows: list[dict[str, Any]], cell: tuple[str, ...], same: tuple[str, ...]) -> None:
+    """Refuse to pool rows of several runs that do not belong together.
+
+    :param cell: the columns naming a cell (e.g. algorithm, k, seed): no cell may come twice.
+    :param same: columns that must hold one value across the rows (e.g. the budget); empty values
+        (a column a row does not use) are ignored.
+    :raises ValueError: naming the column or the repeated cells.
+    """
+    for column in same:
+        values = {str(r.get(column, "")) for r in rows} - {""}
+        if len(values) > 1:
+            raise ValueError(f"--merge combines runs of one {column}, got {sorted(values)}.")
+    cells = [tuple(r[c] for c in cell) for r in rows]
+    repeated = sorted({c for c in cells if cells.count(c) > 1})
+    if repeated:
+        raise ValueError(
+            f"--merge: cells {repeated} ({', '.join(cell)}) appear in more than one run; merge runs of "
+            "other seeds."
+        )
+
+
+def shared_meta(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``machine`` and ``versions`` of merged runs' sidecars, where every run has the same."""
+    meta = {}
+    for key in ("machine", "versions"):
+        values = [run.get(key) for run in runs]
+        if values and values[0] is not None and all(v == values[0] for v in values):
+            meta[key] = values[0]
+    return meta
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     import numpy as np
@@ -55,12 +98,12 @@ def write_results(
 ) -> None:
     """``out.csv`` (the rows), ``out.json`` (the command line and date, then ``meta``: machine, versions,
     seeds, wall time, notes...) and ``out.png`` (``plot(rows, path)``)."""
-    write_csv(rows, out.with_suffix(".csv"))
+    write_csv(rows, result_path(out, ".csv"))
     header = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    with open(out.with_suffix(".json"), "w") as f:
+    with open(result_path(out, ".json"), "w") as f:
         json.dump({**header, **meta}, f, indent=2)
-    plot(rows, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.csv')}, .json and .png")
+    plot(rows, result_path(out, ".png"))
+    print(f"wrote {result_path(out, '.csv')}, .json and .png")

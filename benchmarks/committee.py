@@ -98,7 +98,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_se, write_csv
+from _common import mean_se, result_path, write_csv
 from mujoco_velocity import ppo_kwargs
 from throughput import machine, versions
 
@@ -652,7 +652,7 @@ def main() -> None:
     rows.sort(key=lambda r: (METHODS.index(r["method"]), str(r["epsilon"]), r["k"], r["seed"]))
 
     out = args.out_dir / args.out_name
-    write_csv(rows, out.with_suffix(".csv"))
+    write_csv(rows, result_path(out, ".csv"))
     summary = summarize(rows)
     checks = ordering_check(rows, headline)
     meta = {
@@ -685,11 +685,11 @@ def main() -> None:
         "ordering_check_zero_shot": checks,
         "summary": summary,
     }
-    with open(out.with_suffix(".json"), "w") as f:
+    with open(result_path(out, ".json"), "w") as f:
         json.dump(meta, f, indent=2)
-    plot(rows, headline, out.with_suffix(".png"))
+    plot(rows, headline, result_path(out, ".png"))
     print(json.dumps({"ordering_check_zero_shot": checks, "summary": summary}, indent=1))
-    print(f"wrote {out.with_suffix('.csv')}, .json, .png")
+    print(f"wrote {result_path(out, '.csv')}, .json, .png")
 
 
 if __name__ == "__main__":

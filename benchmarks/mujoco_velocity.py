@@ -15,10 +15,14 @@ At k = 1 every assigner gives the one representative every agent (tested in
 the k = 1 cell is trained once per seed and its row is reported for every algorithm, marked in the
 ``shared_with`` column.
 
-What fits 2 cores in a session (the committed results)::
+What fits 2 cores in a session (the committed results: two runs, merged)::
 
     python benchmarks/mujoco_velocity.py --envs HalfCheetah --ks 1 2 5 --seeds 0 1 2 \\
-        --budget-per-representative 100000 --n-jobs 2
+        --budget-per-representative 100000 --n-jobs 2 --out-dir RUN1
+    python benchmarks/mujoco_velocity.py --envs HalfCheetah --ks 5 --seeds 3 4 \\
+        --budget-per-representative 100000 --n-jobs 2 --out-dir RUN2
+    python benchmarks/mujoco_velocity.py --merge RUN1/mujoco_velocity_HalfCheetah \\
+        RUN2/mujoco_velocity_HalfCheetah
 
 The paper's full grid (2M transitions per policy, 10 seeds, four robots, k = 50 with n = 1000), for a
 bigger machine::
@@ -41,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_se, save_welfare_vs_k, write_csv
+from _common import check_mergeable, mean_se, result_path, save_welfare_vs_k, shared_meta, write_csv
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -352,11 +356,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def write_env_results(rows: list[dict[str, Any]], env_name: str, out: Path, meta: dict[str, Any]) -> None:
     """``out.{csv,json,png}`` and ``out_histograms.png`` for one env's rows (``meta`` + the summary)."""
-    write_csv(rows, out.with_suffix(".csv"))
+    write_csv(rows, result_path(out, ".csv"))
     summary = summarize(rows)
-    with open(out.with_suffix(".json"), "w") as f:
+    with open(result_path(out, ".json"), "w") as f:
         json.dump({**meta, "summary_welfare_eval": summary}, f, indent=2)
-    plot_welfare(rows, env_name, out.with_suffix(".png"))
+    plot_welfare(rows, env_name, result_path(out, ".png"))
     plot_histograms(rows, env_name, out.parent / f"{out.name}_histograms.png")
     print(json.dumps(summary, indent=1))
 
@@ -371,8 +375,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         for key in ("k", "n_agents", "seed", "budget_per_representative", "interval_breaks"):
             if key in row:
                 row[key] = int(row[key])
-        for key in ("welfare_eval", "welfare_train", "upper_bound", "fraction_of_bound", "wall_s"):
-            row[key] = float(row[key])
+        for key in (
+            "welfare_eval",
+            "welfare_train",
+            "welfare_eval_reassigned",
+            "upper_bound",
+            "fraction_of_bound",
+            "wall_s",
+        ):
+            if key in row:
+                row[key] = float(row[key])
     return rows
 
 
@@ -385,29 +397,22 @@ def merge(sources: list[Path], out_dir: Path) -> None:
     rows: list[dict[str, Any]] = []
     runs = []
     for source in sources:
-        rows += read_rows(source.with_suffix(".csv"))
+        rows += read_rows(result_path(source, ".csv"))
         runs.append(
-            {"csv": str(source.with_suffix(".csv")), **json.loads(source.with_suffix(".json").read_text())}
+            {"csv": str(result_path(source, ".csv")), **json.loads(result_path(source, ".json").read_text())}
         )
-    envs = {r["env"] for r in rows}
-    budgets = {r["budget_per_representative"] for r in rows}
-    if len(envs) != 1 or len(budgets) != 1:
-        raise ValueError(
-            f"--merge combines runs of one env and one budget, got envs {envs}, budgets {budgets}."
-        )
-    cells = [(r["algorithm"], r["k"], r["n_agents"], r["seed"]) for r in rows]
-    repeated = sorted({c for c in cells if cells.count(c) > 1})
-    if repeated:
-        raise ValueError(f"--merge: cells {repeated} appear in more than one run; merge runs of other seeds.")
+    cell = ("algorithm", "k", "n_agents", "seed")
+    check_mergeable(rows, cell=cell, same=("env", "budget_per_representative"))
     add_interval_breaks(rows)
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
-    env_name = envs.pop()
+    env_name = rows[0]["env"]
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **shared_meta(runs),
         "env": f"sb3_rmdp/{env_name}Velocity-v0",
         "seeds": sorted({r["seed"] for r in rows}),
-        "budget_per_representative": budgets.pop(),
+        "budget_per_representative": rows[0]["budget_per_representative"],
         "merged_runs": runs,
         "wall_s": round(sum(float(run["wall_s"]) for run in runs), 1),
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_se, save_welfare_vs_k, write_csv
+from _common import check_mergeable, mean_se, result_path, save_welfare_vs_k, shared_meta, write_csv
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,8 +34,8 @@ ALGORITHMS = ("em", "end_to_end", "kmeans", "random")
 PATH_KS = (1, 2, 3, 5)
 #: The end-to-end logits' Adam learning rate here. The paper's 2e-3 (``EndToEndAssigner``'s default)
 #: came with 1M transitions per policy and 320 logit steps per update: about 160,000 steps. At 50,000
-#: transitions per policy and 60 minibatches per update the logits take about 6,000 steps, and with
-#: 2e-3 the deployed argmax hardly leaves its random start (7 of 25 agents move in a run). 1e-2 was
+#: transitions per policy (98 updates of 20 k minibatches) the logits take about 6,000 steps at k = 3,
+#: and with 2e-3 the deployed argmax hardly leaves its random start (7 of 25 agents move in a run). 1e-2 was
 #: chosen by a sweep over {2e-3, 1e-2, 3e-2} at k = 3 and 10, seeds 0-2 (docs/benchmarks.md).
 END_TO_END_LR = 1e-2
 
@@ -87,6 +87,7 @@ def run_cell(
         "n_agents": model.n_agents,
         "seed": seed,
         "budget_per_representative": budget_per_representative,
+        "end_to_end_lr": end_to_end_lr if algorithm == "end_to_end" else "",
         "welfare_eval": round(utilitarian_welfare(table, model.assignment()), 4),
         "welfare_train": round(utilitarian_welfare(train_table, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -148,10 +149,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def merge(sources: list[Path], out: Path) -> None:
-    """Combine the CSVs of several runs (e.g. one per algorithm) into one result set.
+    """Combine the CSVs of several runs (e.g. one per algorithm, or more seeds) into one result set.
 
     The JSON lists every source run's own sidecar (command, date, machine, wall time); the paths figure
     is the EM run's, copied.
+
+    :raises ValueError: if the runs are of different budgets or end-to-end learning rates, or share an
+        (algorithm, k, seed) cell.
     """
     import shutil
 
@@ -159,7 +163,7 @@ def merge(sources: list[Path], out: Path) -> None:
     rows: list[dict[str, Any]] = []
     runs = []
     for source in sources:
-        with open(source.with_suffix(".csv")) as f:
+        with open(result_path(source, ".csv")) as f:
             source_rows = list(csv.DictReader(f))
             for row in source_rows:
                 for key in ("k", "n_agents", "seed", "budget_per_representative"):
@@ -167,8 +171,8 @@ def merge(sources: list[Path], out: Path) -> None:
                 for key in ("welfare_eval", "welfare_train", "wall_s"):
                     row[key] = float(row[key])
                 rows.append(row)
-        with open(source.with_suffix(".json")) as f:
-            runs.append({"csv": source.with_suffix(".csv").name, **json.load(f)})
+        with open(result_path(source, ".json")) as f:
+            runs.append({"csv": result_path(source, ".csv").name, **json.load(f)})
         paths_png = source.parent / f"{source.name}_paths.png"
         if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists():
             shutil.copyfile(paths_png, out.parent / f"{out.name}_paths.png")
@@ -176,6 +180,9 @@ def merge(sources: list[Path], out: Path) -> None:
     # algorithm run without k=1 for a seed it ran shares EM's k=1 row of that seed, marked in `shared_with`.
     for row in rows:
         row.setdefault("shared_with", "")
+        row.setdefault("end_to_end_lr", "")
+    same = ("budget_per_representative", "end_to_end_lr")
+    check_mergeable(rows, cell=("algorithm", "k", "seed"), same=same)
     em_k1 = {r["seed"]: r for r in rows if r["algorithm"] == "em" and r["k"] == 1}
     for algorithm in sorted({r["algorithm"] for r in rows} - {"em"}):
         seeds = {r["seed"] for r in rows if r["algorithm"] == algorithm}
@@ -183,17 +190,18 @@ def merge(sources: list[Path], out: Path) -> None:
         for seed in sorted((seeds - have_k1) & set(em_k1)):
             rows.append({**em_k1[seed], "algorithm": algorithm, "shared_with": "em"})
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
-    write_csv(rows, out.with_suffix(".csv"))
+    write_csv(rows, result_path(out, ".csv"))
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **shared_meta(runs),
         "merged_runs": runs,
         "wall_s": round(sum(run["wall_s"] for run in runs), 1),
         "summary_welfare_eval": summarize(rows),
     }
-    with open(out.with_suffix(".json"), "w") as f:
+    with open(result_path(out, ".json"), "w") as f:
         json.dump(meta, f, indent=2)
-    plot_welfare(rows, out.with_suffix(".png"))
+    plot_welfare(rows, result_path(out, ".png"))
     print(json.dumps(meta["summary_welfare_eval"], indent=1))
 
 
@@ -245,7 +253,7 @@ def main() -> None:
             )
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
 
-    write_csv(rows, args.out.with_suffix(".csv"))
+    write_csv(rows, result_path(args.out, ".csv"))
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -259,9 +267,9 @@ def main() -> None:
         "wall_s": round(time.time() - started, 1),
         "summary_welfare_eval": summarize(rows),
     }
-    with open(args.out.with_suffix(".json"), "w") as f:
+    with open(result_path(args.out, ".json"), "w") as f:
         json.dump(meta, f, indent=2)
-    plot_welfare(rows, args.out.with_suffix(".png"))
+    plot_welfare(rows, result_path(args.out, ".png"))
     plot_paths(rows, args.out.parent / f"{args.out.name}_paths.png")
     print(json.dumps(meta["summary_welfare_eval"], indent=1))
 

@@ -90,19 +90,21 @@ def welfare_table(names: list[str]) -> str:
     reference: dict[int, list[float]] = defaultdict(list)
     budgets = set()
     exact = True
-    for name in names:
-        for row in _rows(name):
-            k = int(row["k"])
-            algorithm = row["algorithm"]
-            if row.get("end_to_end_lr"):  # a sweep of end-to-end's logits learning rate: one column each
-                algorithm += f" (lr {float(row['end_to_end_lr']):g})"
-            values[(algorithm, k)].append(float(row["welfare_eval"]))
-            if "optimal_welfare" in row:
-                reference[k] = [float(row["optimal_welfare"])]
-            else:  # a sampled population's upper bound, one per cell
-                exact = False
-                reference[k].append(float(row["upper_bound"]))
-            budgets.add(int(row["budget_per_representative"]))
+    all_rows = [row for name in names for row in _rows(name)]
+    # A sweep of end-to-end's logits learning rate (several rates in the table): one column per rate.
+    sweep = len({row.get("end_to_end_lr") for row in all_rows} - {None, ""}) > 1
+    for row in all_rows:
+        k = int(row["k"])
+        algorithm = row["algorithm"]
+        if sweep and row.get("end_to_end_lr"):
+            algorithm += f" (lr {float(row['end_to_end_lr']):g})"
+        values[(algorithm, k)].append(float(row["welfare_eval"]))
+        if "optimal_welfare" in row:
+            reference[k] = [float(row["optimal_welfare"])]
+        else:  # a sampled population's upper bound, one per cell
+            exact = False
+            reference[k].append(float(row["upper_bound"]))
+        budgets.add(int(row["budget_per_representative"]))
     algorithms = list(dict.fromkeys(a for a, _ in values))
     label = "exact optimum" if exact else "upper bound (mean)"
     lines = [

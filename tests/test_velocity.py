@@ -163,16 +163,17 @@ def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> Non
             for seed in seeds
         ]  # fmt: skip
         path = tmp_path / name
-        benchmark.write_csv(rows, path.with_suffix(".csv"))
-        path.with_suffix(".json").write_text(json.dumps({"command": f"run {name}", "wall_s": 1.0}))
+        benchmark.write_csv(rows, benchmark.result_path(path, ".csv"))
+        benchmark.result_path(path, ".json").write_text(json.dumps({"command": f"run {name}", "wall_s": 1.0}))
         return path
 
-    first, second = run("a", [0, 1], 4.0), run("b", [2], 4.0)
+    # a dotted name (lr0.01) is a name, not an extension
+    first, second = run("a_lr0.01", [0, 1], 4.0), run("b", [2], 4.0)
     out = tmp_path / "merged"
     benchmark.merge([first, second], out)
     meta = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())
     assert meta["seeds"] == [0, 1, 2]
-    assert [run["command"] for run in meta["merged_runs"]] == ["run a", "run b"]
+    assert [run["command"] for run in meta["merged_runs"]] == ["run a_lr0.01", "run b"]
     summary = meta["summary_welfare_eval"]["em/k=2/n=4"]
     assert summary["n"] == 3 and summary["mean"] == pytest.approx(5.0)  # 4, 5 and 6
     assert summary["interval_breaks"] == [0, 0, 0]
