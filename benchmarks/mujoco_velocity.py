@@ -54,7 +54,7 @@ ENVS = ("HalfCheetah", "Ant", "Hopper", "Walker2d")
 HISTOGRAM_K = 5
 
 
-def ppo_kwargs() -> dict[str, Any]:
+def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
     """The reference code's PPO settings in SB3's terms, with shorter rollouts and larger minibatches.
 
     The reference used 2048 steps per policy and update and minibatches of 64: 0.16 gradient steps per
@@ -73,7 +73,7 @@ def ppo_kwargs() -> dict[str, Any]:
         "gae_lambda": 0.95,
         "ent_coef": 1e-3,
         "learning_rate": LinearSchedule(3e-4, 1e-4, 1.0),
-        "policy_kwargs": {"net_arch": [64, 64], "activation_fn": th.nn.Tanh},
+        "policy_kwargs": {"net_arch": [64, 64], "activation_fn": th.nn.Tanh, "log_std_init": log_std_init},
     }
 
 
@@ -99,7 +99,9 @@ def make_assigner(algorithm: str, seed: int, b: float) -> Any:
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
 
 
-def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, budget: int) -> dict[str, Any]:
+def run_cell(
+    env_name: str, algorithm: str, k: int, n_agents: int, seed: int, budget: int, log_std_init: float = 0.0
+) -> dict[str, Any]:
     """Train and evaluate one cell; returns its CSV row."""
     import numpy as np
     import torch as th
@@ -120,9 +122,8 @@ def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, bu
         norm_obs=True,
         norm_reward=False,
     )
-    model = RMDPPPO(
-        "MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(algorithm, seed, b), **ppo_kwargs()
-    )
+    assigner = make_assigner(algorithm, seed, b)
+    model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=assigner, **ppo_kwargs(log_std_init))
     model.learn(budget * k)
     wall = time.perf_counter() - start
 
@@ -147,6 +148,7 @@ def run_cell(env_name: str, algorithm: str, k: int, n_agents: int, seed: int, bu
         "n_agents": n_agents,
         "seed": seed,
         "budget_per_representative": budget,
+        "log_std_init": log_std_init,
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -269,6 +271,12 @@ def main() -> None:
         "--no-share-k1", dest="share_k1", action="store_false", help="train k=1 once per algorithm"
     )
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+    parser.add_argument(
+        "--log-std-init",
+        type=float,
+        default=0.0,
+        help="initial log standard deviation of the Gaussian actions (SB3's default 0)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--rescore", type=Path, default=None, help="add interval_breaks to a results CSV, redraw, stop"
@@ -298,7 +306,9 @@ def main() -> None:
     started = time.time()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
-        futures = [pool.submit(run_cell, *cell, args.budget_per_representative) for cell in cells]
+        futures = [
+            pool.submit(run_cell, *cell, args.budget_per_representative, args.log_std_init) for cell in cells
+        ]
         for done, future in enumerate(as_completed(futures), 1):
             row = future.result()
             rows.append(row)
@@ -324,7 +334,7 @@ def main() -> None:
             "env": f"sb3_rmdp/{env_name}Velocity-v0",
             "seeds": args.seeds,
             "budget_per_representative": args.budget_per_representative,
-            "ppo": {k: str(v) for k, v in ppo_kwargs().items()},
+            "ppo": {k: str(v) for k, v in ppo_kwargs(args.log_std_init).items()},
             "n_jobs": args.n_jobs,
             "torch_threads_per_worker": 1,
             "wall_s": round(time.time() - started, 1),
@@ -376,6 +386,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             if key in row:
                 row[key] = int(row[key])
         for key in (
+            "log_std_init",
             "welfare_eval",
             "welfare_train",
             "welfare_eval_reassigned",
@@ -392,7 +403,8 @@ def merge(sources: list[Path], out_dir: Path) -> None:
     """Combine the results CSVs of several runs of one env (e.g. more seeds at the same budget) into
     ``out_dir/mujoco_velocity_<env>``; the JSON lists each run's own sidecar (command, date, wall time).
 
-    :raises ValueError: if the runs are of different envs or budgets, or share an (algorithm, k, n, seed).
+    :raises ValueError: if the runs are of different envs, budgets or ``log_std_init``, or share an
+        (algorithm, k, n, seed).
     """
     rows: list[dict[str, Any]] = []
     runs = []
@@ -402,7 +414,7 @@ def merge(sources: list[Path], out_dir: Path) -> None:
             {"csv": str(result_path(source, ".csv")), **json.loads(result_path(source, ".json").read_text())}
         )
     cell = ("algorithm", "k", "n_agents", "seed")
-    check_mergeable(rows, cell=cell, same=("env", "budget_per_representative"))
+    check_mergeable(rows, cell=cell, same=("env", "budget_per_representative", "log_std_init"))
     add_interval_breaks(rows)
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
     env_name = rows[0]["env"]
