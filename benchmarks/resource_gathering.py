@@ -152,7 +152,7 @@ def merge(sources: list[Path], out: Path) -> None:
     """Combine the CSVs of several runs (e.g. one per algorithm, or more seeds) into one result set.
 
     The JSON lists every source run's own sidecar (command, date, machine, wall time); the paths figure
-    is the EM run's, copied.
+    is the first EM run's, copied.
 
     :raises ValueError: if the runs are of different budgets or end-to-end learning rates, or share an
         (algorithm, k, seed) cell.
@@ -162,6 +162,7 @@ def merge(sources: list[Path], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     runs = []
+    paths_copied = False  # the first EM run's paths figure
     for source in sources:
         with open(result_path(source, ".csv")) as f:
             source_rows = list(csv.DictReader(f))
@@ -174,8 +175,9 @@ def merge(sources: list[Path], out: Path) -> None:
         with open(result_path(source, ".json")) as f:
             runs.append({"csv": result_path(source, ".csv").name, **json.load(f)})
         paths_png = source.parent / f"{source.name}_paths.png"
-        if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists():
+        if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists() and not paths_copied:
             shutil.copyfile(paths_png, out.parent / f"{out.name}_paths.png")
+            paths_copied = True
     # At k=1 every assigner trains the same single policy (bit for bit: tests/test_assigners.py), so an
     # algorithm run without k=1 for a seed it ran shares EM's k=1 row of that seed, marked in `shared_with`.
     for row in rows:
