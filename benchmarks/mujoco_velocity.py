@@ -187,13 +187,7 @@ def add_interval_breaks(rows: list[dict[str, Any]]) -> None:
 
 def rescore(path: Path) -> None:
     """Add ``interval_breaks`` to a committed results CSV (and its JSON summary); redraw its histograms."""
-    import csv
-
-    with open(path, newline="") as f:
-        rows: list[dict[str, Any]] = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("k", "n_agents", "seed", "budget_per_representative"):
-            row[key] = int(row[key])
+    rows = read_rows(path)
     add_interval_breaks(rows)
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())  # before anything is written: a missing JSON changes nothing
