@@ -117,6 +117,9 @@ def test_killed_worker_leaves_a_usable_study(tmp_path: Path) -> None:
     storage = RDBStorage(url)
     args = ["--storage", url, "--study-name", "kill", "--n-trials", "1"]
     args += ["--heartbeat-interval", "1", "--grace-period", "2"]
+    # A longer trial than WORKER_ARGS' (the last --n-timesteps wins): after its first evaluation it still
+    # trains for 4,096 steps (seconds), so it cannot finish between the poll below and the kill.
+    args += ["--n-timesteps", "8192"]
     victim = start_worker(args)
     deadline = time.monotonic() + 60
     running: list[optuna.trial.FrozenTrial] = []
