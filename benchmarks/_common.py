@@ -44,13 +44,59 @@ def check_mergeable(rows: list[dict[str, Any]], cell: tuple[str, ...], same: tup
         )
 
 
-def shared_meta(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``machine`` and ``versions`` of merged runs' sidecars, where every run has the same."""
-    meta = {}
+#: Numeric columns of the welfare benchmarks' CSVs (parsed by :func:`read_rows` where present).
+INT_COLUMNS = ("k", "n_agents", "seed", "budget_per_representative", "interval_breaks")
+FLOAT_COLUMNS = (
+    "log_std_init",
+    "welfare_eval",
+    "welfare_train",
+    "welfare_eval_reassigned",
+    "optimal_welfare",
+    "upper_bound",
+    "fraction_of_bound",
+    "wall_s",
+)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A welfare results CSV's rows, with the numeric columns it has parsed."""
+    with open(path, newline="") as f:
+        rows: list[dict[str, Any]] = list(csv.DictReader(f))
+    for row in rows:
+        for key in INT_COLUMNS:
+            if key in row:
+                row[key] = int(row[key])
+        for key in FLOAT_COLUMNS:
+            if key in row:
+                row[key] = float(row[key])
+    return rows
+
+
+def read_run(stem: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One earlier run of a welfare benchmark: its rows and its JSON sidecar (with the CSV's name)."""
+    rows = read_rows(result_path(stem, ".csv"))
+    sidecar = json.loads(result_path(stem, ".json").read_text())
+    return rows, {"csv": result_path(stem, ".csv").name, **sidecar}
+
+
+def run_header() -> dict[str, str]:
+    """The first keys of every sidecar: the command line and the date."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def merged_meta(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sidecar of a merge: :func:`run_header`, the ``machine`` and ``versions`` where every merged
+    run has the same, each run's own sidecar and their total wall time."""
+    meta: dict[str, Any] = run_header()
     for key in ("machine", "versions"):
         values = [run.get(key) for run in runs]
         if values and values[0] is not None and all(v == values[0] for v in values):
             meta[key] = values[0]
+    meta["merged_runs"] = runs
+    meta["wall_s"] = round(sum(float(run["wall_s"]) for run in runs), 1)
     return meta
 
 
@@ -99,11 +145,7 @@ def write_results(
     """``out.csv`` (the rows), ``out.json`` (the command line and date, then ``meta``: machine, versions,
     seeds, wall time, notes...) and ``out.png`` (``plot(rows, path)``)."""
     write_csv(rows, result_path(out, ".csv"))
-    header = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
     with open(result_path(out, ".json"), "w") as f:
-        json.dump({**header, **meta}, f, indent=2)
+        json.dump({**run_header(), **meta}, f, indent=2)
     plot(rows, result_path(out, ".png"))
     print(f"wrote {result_path(out, '.csv')}, .json and .png")

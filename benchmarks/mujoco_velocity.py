@@ -45,7 +45,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import check_mergeable, mean_se, result_path, save_welfare_vs_k, shared_meta, write_csv
+from _common import (
+    check_mergeable,
+    mean_se,
+    merged_meta,
+    read_rows,
+    read_run,
+    result_path,
+    run_header,
+    save_welfare_vs_k,
+    write_csv,
+)
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -321,8 +331,7 @@ def main() -> None:
     add_interval_breaks(rows)
     for env_name in args.envs:
         meta = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            **run_header(),
             "machine": machine(),
             "versions": versions(),
             "env": f"sb3_rmdp/{env_name}Velocity-v0",
@@ -369,30 +378,6 @@ def write_env_results(rows: list[dict[str, Any]], env_name: str, out: Path, meta
     print(json.dumps(summary, indent=1))
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """A results CSV's rows with their numeric columns parsed."""
-    import csv
-
-    with open(path, newline="") as f:
-        rows: list[dict[str, Any]] = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("k", "n_agents", "seed", "budget_per_representative", "interval_breaks"):
-            if key in row:
-                row[key] = int(row[key])
-        for key in (
-            "log_std_init",
-            "welfare_eval",
-            "welfare_train",
-            "welfare_eval_reassigned",
-            "upper_bound",
-            "fraction_of_bound",
-            "wall_s",
-        ):
-            if key in row:
-                row[key] = float(row[key])
-    return rows
-
-
 def merge(sources: list[Path], out_dir: Path) -> None:
     """Combine the results CSVs of several runs of one env (e.g. more seeds at the same budget) into
     ``out_dir/mujoco_velocity_<env>``; the JSON lists each run's own sidecar (command, date, wall time).
@@ -403,24 +388,19 @@ def merge(sources: list[Path], out_dir: Path) -> None:
     rows: list[dict[str, Any]] = []
     runs = []
     for source in sources:
-        rows += read_rows(result_path(source, ".csv"))
-        runs.append(
-            {"csv": str(result_path(source, ".csv")), **json.loads(result_path(source, ".json").read_text())}
-        )
+        source_rows, sidecar = read_run(source)
+        rows += source_rows
+        runs.append(sidecar)
     cell = ("algorithm", "k", "n_agents", "seed")
     check_mergeable(rows, cell=cell, same=("env", "budget_per_representative", "log_std_init"))
     add_interval_breaks(rows)
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
     env_name = rows[0]["env"]
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        **shared_meta(runs),
+        **merged_meta(runs),
         "env": f"sb3_rmdp/{env_name}Velocity-v0",
         "seeds": sorted({r["seed"] for r in rows}),
         "budget_per_representative": rows[0]["budget_per_representative"],
-        "merged_runs": runs,
-        "wall_s": round(sum(float(run["wall_s"]) for run in runs), 1),
     }
     write_env_results(rows, env_name, out_dir / f"mujoco_velocity_{env_name}", meta)
 

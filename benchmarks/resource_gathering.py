@@ -15,7 +15,6 @@ Writes ``benchmarks/results/resource_gathering.{csv,json,png}`` and ``resource_g
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -25,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import check_mergeable, mean_se, result_path, save_welfare_vs_k, shared_meta, write_csv
+from _common import (
+    check_mergeable,
+    mean_se,
+    merged_meta,
+    read_run,
+    result_path,
+    run_header,
+    save_welfare_vs_k,
+    write_csv,
+)
 from throughput import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -164,16 +172,9 @@ def merge(sources: list[Path], out: Path) -> None:
     runs = []
     paths_copied = False  # the first EM run's paths figure
     for source in sources:
-        with open(result_path(source, ".csv")) as f:
-            source_rows = list(csv.DictReader(f))
-            for row in source_rows:
-                for key in ("k", "n_agents", "seed", "budget_per_representative"):
-                    row[key] = int(row[key])
-                for key in ("welfare_eval", "welfare_train", "wall_s"):
-                    row[key] = float(row[key])
-                rows.append(row)
-        with open(result_path(source, ".json")) as f:
-            runs.append({"csv": result_path(source, ".csv").name, **json.load(f)})
+        source_rows, sidecar = read_run(source)
+        rows += source_rows
+        runs.append(sidecar)
         paths_png = source.parent / f"{source.name}_paths.png"
         if any(r["algorithm"] == "em" for r in source_rows) and paths_png.exists() and not paths_copied:
             shutil.copyfile(paths_png, out.parent / f"{out.name}_paths.png")
@@ -193,14 +194,7 @@ def merge(sources: list[Path], out: Path) -> None:
             rows.append({**em_k1[seed], "algorithm": algorithm, "shared_with": "em"})
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["seed"]))
     write_csv(rows, result_path(out, ".csv"))
-    meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        **shared_meta(runs),
-        "merged_runs": runs,
-        "wall_s": round(sum(run["wall_s"] for run in runs), 1),
-        "summary_welfare_eval": summarize(rows),
-    }
+    meta = {**merged_meta(runs), "summary_welfare_eval": summarize(rows)}
     with open(result_path(out, ".json"), "w") as f:
         json.dump(meta, f, indent=2)
     plot_welfare(rows, result_path(out, ".png"))
@@ -257,8 +251,7 @@ def main() -> None:
 
     write_csv(rows, result_path(args.out, ".csv"))
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **run_header(),
         "machine": machine(),
         "versions": versions(),
         "seeds": args.seeds,
