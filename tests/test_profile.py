@@ -27,6 +27,7 @@ def test_phases_cover_a_tiny_run(algorithm: str, vec_env: str) -> None:
     assert phases["GAE"]["calls"] == 2
     assert phases["forward"]["calls"] == 2 * 10 * (3 * 64 // 64)  # rollouts x epochs x minibatches
     total = sum(entry["seconds"] for entry in phases.values())
-    assert total == pytest.approx(result["total_s"], rel=1e-3)
+    # Each phase's seconds and the total are rounded to 1e-4 s: the sum may be off by half of that per term.
+    assert total == pytest.approx(result["total_s"], abs=0.5e-4 * (len(phases) + 1))
     assert total == pytest.approx(result["wall_s"], rel=0.15)  # the timers account for the whole run
     assert sum(entry["percent"] for entry in phases.values()) == pytest.approx(100.0, abs=0.1)
