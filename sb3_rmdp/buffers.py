@@ -47,7 +47,9 @@ def normalize_sorted_groups(advantages: np.ndarray, counts: np.ndarray) -> np.nd
 
 class RMDPRolloutBufferSamples(NamedTuple):
     """A minibatch. Shapes: observations ``(B, *obs_shape)``, actions ``(B, action_dim)``,
-    old_values / returns ``(B, n_agents)``, old_log_prob ``(B,)``; advantages: per-agent ``(B, n_agents)``,
+    returns ``(B, n_agents)``, old_log_prob ``(B,)``; old_values ``(B, n_agents)``, or ``None`` when
+    the buffer was told they are not needed (:attr:`RMDPRolloutBuffer.samples_old_values`: PPO reads
+    them only to clip the value function); advantages: per-agent ``(B, n_agents)``,
     or the marginal advantages ``(B,)`` when the buffer holds a fixed assignment (see
     :meth:`RMDPRolloutBuffer.fix_assignment`; normalized per representative if it was asked to);
     representatives: each sample's representative ``(B,)``
@@ -55,7 +57,7 @@ class RMDPRolloutBufferSamples(NamedTuple):
 
     observations: th.Tensor
     actions: th.Tensor
-    old_values: th.Tensor
+    old_values: th.Tensor | None
     old_log_prob: th.Tensor
     advantages: th.Tensor
     returns: th.Tensor
@@ -72,9 +74,10 @@ class RMDPRolloutBuffer(RolloutBuffer):
     the assigner ran at rollout end: once for the whole buffer when the assignment is fixed during the
     update (:meth:`fix_assignment`), else by ``RMDPPPO.train`` per minibatch (a learned assignment).
 
-    Memory is linear in ``n_agents x transitions``, never in ``k``: three per-agent arrays (rewards,
-    values, advantages); the returns ``advantages + values`` are formed per minibatch (the same float32
-    sum SB3 stores), and :attr:`returns` computes them on demand.
+    Memory is linear in ``n_agents x transitions``, never in ``k``: four per-agent arrays (rewards,
+    values, advantages, returns), allocated once and reused by every rollout. Unlike SB3's buffer it
+    never copies them into an env-major layout for minibatches: :meth:`get` draws SB3's env-major sample
+    indices (the same permutation, so the same minibatches) and reads the time-major rows they name.
 
     :param n_agents: number of agents (the reward vector's length).
     :param k: number of representatives.
@@ -83,9 +86,13 @@ class RMDPRolloutBuffer(RolloutBuffer):
     rewards: np.ndarray
     values: np.ndarray
     advantages: np.ndarray
-    #: ``(n_steps * n_envs,)`` marginal advantages of a fixed assignment (see :meth:`fix_assignment`)
+    returns: np.ndarray
+    #: ``(n_steps, n_envs)`` marginal advantages of a fixed assignment (see :meth:`fix_assignment`)
     marginal_advantages: np.ndarray | None
     _alpha: np.ndarray | None
+    #: whether minibatches carry ``old_values`` (PPO needs them only with ``clip_range_vf``); set by
+    #: ``RMDPPPO.train``. With ``False`` their ``(B, n_agents)`` gather is skipped.
+    samples_old_values: bool
 
     def __init__(
         self,
@@ -102,21 +109,25 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.n_agents = int(n_agents)
         self.k = int(k)
         self.slot_representatives = slot_representatives(n_envs, self.k)
+        self._per_agent: tuple[np.ndarray, ...] = ()
+        self.samples_old_values = True
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
     def reset(self) -> None:
-        # Free the last rollout's arrays before allocating this one's (peak memory); SB3's reset
-        # replaces rewards, values and advantages with small (n_steps, n_envs) arrays.
-        self.marginal_advantages = None
+        # SB3's reset allocates small (n_steps, n_envs) rewards, values, advantages and returns; the
+        # per-agent arrays replace them. They are allocated once and reused: every entry is written (by
+        # `add`, then by GAE) before it is read, and a fresh multi-megabyte array per rollout would cost
+        # its page faults again on every write.
         super().reset()
         shape = (self.buffer_size, self.n_envs, self.n_agents)
-        self.rewards = np.zeros(shape, dtype=np.float32)
-        self.values = np.zeros(shape, dtype=np.float32)
-        self.advantages = np.zeros(shape, dtype=np.float32)
+        if not self._per_agent or self._per_agent[0].shape != shape:
+            self._per_agent = ()  # free the old arrays before allocating new ones (peak memory)
+            self._per_agent = tuple(np.zeros(shape, dtype=np.float32) for _ in range(4))
+        self.rewards, self.values, self.advantages, self.returns = self._per_agent
         self._alpha = None
         self.normalizes_marginals = False
         self.marginal_advantages = None
-        # Samples are flattened env-major by `swap_and_flatten`: sample e * n_steps + t is slot e.
+        # Samples are numbered env-major as in SB3's `swap_and_flatten`: sample e * n_steps + t is slot e.
         self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
 
     def add(
@@ -144,7 +155,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.actions[self.pos] = np.array(action)
         self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs, self.n_agents)
         self.episode_starts[self.pos] = np.array(episode_start)
-        self.values[self.pos] = value.clone().cpu().numpy().reshape(self.n_envs, self.n_agents)
+        self.values[self.pos] = value.detach().cpu().numpy().reshape(self.n_envs, self.n_agents)
         self.log_probs[self.pos] = log_prob.clone().cpu().numpy()
         self.pos += 1
         if self.pos == self.buffer_size:
@@ -157,55 +168,43 @@ class RMDPRolloutBuffer(RolloutBuffer):
         :param dones: ``(n_envs,)`` whether the last step ended an episode.
         """
         last_values_np = last_values.clone().cpu().numpy().reshape(self.n_envs, self.n_agents)
-        last_gae_lam: np.ndarray | float = 0
+        # SB3's recursion, ``delta = r + gamma * V' * nnt - V`` and ``A = delta + gamma * lambda * nnt * A'``,
+        # with the same float32 operations in the same order, written into preallocated rows: no
+        # (n_envs, n_agents) temporaries per step. The last step's A' is 0, as SB3's scalar start.
+        delta = np.empty((self.n_envs, self.n_agents), dtype=np.float32)
+        self.advantages[-1] = 0.0
         for step in reversed(range(self.buffer_size)):
             if step == self.buffer_size - 1:
                 next_non_terminal = (1.0 - dones.astype(np.float32))[:, None]
                 next_values = last_values_np
+                next_advantages = self.advantages[step]
             else:
                 next_non_terminal = (1.0 - self.episode_starts[step + 1])[:, None]
                 next_values = self.values[step + 1]
-            # Same expression, same operation order as SB3, with an agent axis broadcast.
-            delta = self.rewards[step] + self.gamma * next_values * next_non_terminal - self.values[step]
-            last_gae_lam = delta + self.gamma * self.gae_lambda * next_non_terminal * last_gae_lam
-            self.advantages[step] = last_gae_lam
+                next_advantages = self.advantages[step + 1]
+            np.multiply(self.gamma, next_values, out=delta)
+            np.multiply(delta, next_non_terminal, out=delta)
+            np.add(self.rewards[step], delta, out=delta)
+            np.subtract(delta, self.values[step], out=delta)
+            advantages = self.advantages[step]
+            np.multiply(self.gamma * self.gae_lambda * next_non_terminal, next_advantages, out=advantages)
+            np.add(delta, advantages, out=advantages)
+        np.add(self.advantages, self.values, out=self.returns)  # SB3's `returns = advantages + values`
 
-    @property
-    def returns(self) -> np.ndarray:
-        """TD(lambda) returns ``advantages + values``, same layout (computed on each access)."""
-        return self.advantages + self.values
-
-    @returns.setter
-    def returns(self, _value: np.ndarray) -> None:
-        """Ignored: ``RolloutBuffer.reset`` allocates a returns array, which this buffer derives instead.
-
-        Returns are always ``advantages + values``: to change what the critic is trained on, change
-        ``advantages`` (or ``values``); writing into :attr:`returns` has no effect.
-        """
-
-    def explained_variance(self, chunk_elements: int = 1 << 24) -> float:
+    def explained_variance(self, exact_up_to: int = 1 << 20) -> float:
         """SB3's ``explained_variance(values, returns)`` over every sample and agent, in bounded memory.
 
-        Up to ``chunk_elements`` values it is SB3's function on the flattened arrays; above, the two
-        variances are accumulated over chunks of samples in float64 (Chan's parallel formula), so that
-        no temporary the size of the buffer is allocated (at n=1000 and 102,400 transitions one such
-        array is 410 MB).
+        Up to ``exact_up_to`` values it is SB3's function on the flattened arrays. Above, no temporary
+        the size of the buffer is allocated (at n=1000 and 102,400 transitions one such array is 410 MB,
+        and page-faulting a fresh one costs more than the arithmetic): both variances are one pass of
+        torch's Welford kernel (double accumulation) over the arrays in place, ``var(returns - values)``
+        being the variance of the advantages, which GAE stored (``returns`` is their float32 sum with the
+        values, so the two differ by that sum's rounding only).
         """
-        values = self.values.reshape(-1, self.n_agents)
-        advantages = self.advantages.reshape(-1, self.n_agents)
-        if values.size <= chunk_elements:
-            return explained_variance(values.ravel(), (advantages + values).ravel())
-        rows = max(1, chunk_elements // self.n_agents)
-        stats = {"y": [0, 0.0, 0.0], "d": [0, 0.0, 0.0]}  # count, mean, sum of squared deviations
-        for start in range(0, len(values), rows):
-            y = (advantages[start : start + rows] + values[start : start + rows]).astype(np.float64)
-            for key, x in (("y", y), ("d", y - values[start : start + rows])):
-                count, mean, m2 = stats[key]
-                n, x_mean = x.size, float(x.mean())
-                x_m2 = float(((x - x_mean) ** 2).sum())
-                delta, total = x_mean - mean, count + n
-                stats[key] = [total, mean + delta * n / total, m2 + x_m2 + delta**2 * count * n / total]
-        var_y, var_d = stats["y"][2] / stats["y"][0], stats["d"][2] / stats["d"][0]
+        if self.values.size <= exact_up_to:
+            return explained_variance(self.values.ravel(), self.returns.ravel())
+        var_y = th.var(th.from_numpy(self.returns.ravel()), correction=0).item()
+        var_d = th.var(th.from_numpy(self.advantages.ravel()), correction=0).item()
         return float("nan") if var_y == 0 else float(1 - var_d / var_y)
 
     def fix_assignment(self, alpha: np.ndarray | None, normalize: bool = False) -> None:
@@ -225,22 +224,25 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.marginal_advantages = None
 
     def _compute_marginal_advantages(self, alpha: np.ndarray) -> np.ndarray:
-        """``(n_steps * n_envs,)`` marginal advantages of the flattened (env-major) samples."""
-        marginal = np.empty(self.buffer_size * self.n_envs, dtype=np.float32)
+        """``(n_steps, n_envs)`` marginal advantages: slot e's steps weighted by its representative."""
+        marginal = np.empty((self.buffer_size, self.n_envs), dtype=np.float32)
         for slot, representative in enumerate(self.slot_representatives):
-            rows = slice(slot * self.buffer_size, (slot + 1) * self.buffer_size)
-            marginal[rows] = self.advantages[rows] @ alpha[:, representative]
+            marginal[:, slot] = self.advantages[:, slot] @ alpha[:, representative]
         return marginal
 
+    def _rows(self, batch_inds: np.ndarray) -> np.ndarray:
+        """Rows of the time-major ``(n_steps * n_envs, ...)`` arrays holding env-major ``batch_inds``.
+
+        Sample ``e * n_steps + t`` (SB3's numbering after ``swap_and_flatten``) is row ``t * n_envs + e``.
+        """
+        steps, slots = np.divmod(batch_inds, self.buffer_size)[::-1]
+        return steps * self.n_envs + slots
+
     def get(self, batch_size: int | None = None) -> Generator[RMDPRolloutBufferSamples, None, None]:  # type: ignore[override]
-        """SB3's minibatch generator (the same permutation from NumPy's global stream, as SB3 draws it),
-        without a returns array."""
+        """SB3's minibatch generator: the same permutation from NumPy's global stream, as SB3 draws it,
+        over the same env-major sample numbering, read in place from the time-major arrays."""
         assert self.full, ""
         indices = np.random.permutation(self.buffer_size * self.n_envs)  # noqa: NPY002
-        if not self.generator_ready:
-            for name in ("observations", "actions", "values", "log_probs", "advantages"):
-                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
-            self.generator_ready = True
         if self._alpha is not None and self.marginal_advantages is None:
             self.marginal_advantages = self._compute_marginal_advantages(self._alpha)
         if batch_size is None:
@@ -260,24 +262,30 @@ class RMDPRolloutBuffer(RolloutBuffer):
             order = np.argsort(sample_representatives, kind="stable")
             batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
         counts = np.bincount(sample_representatives, minlength=self.k)
-        values, advantages = self.values[batch_inds], self.advantages[batch_inds]
-        returns = advantages + values
+        rows = self._rows(batch_inds)
+        samples = self.buffer_size * self.n_envs
+
+        def flat(array: np.ndarray) -> np.ndarray:
+            return array.reshape(samples, *array.shape[2:])
+
         if self.marginal_advantages is not None:
-            advantages = self.marginal_advantages[batch_inds]
+            advantages = flat(self.marginal_advantages)[rows]
             if self.normalizes_marginals and len(advantages) > 1:
                 advantages = normalize_sorted_groups(advantages, counts)
+        else:
+            advantages = flat(self.advantages)[rows]
         data = (
-            self.observations[batch_inds],
-            self.actions[batch_inds].astype(np.float32, copy=False),
-            values,
-            self.log_probs[batch_inds].flatten(),
+            flat(self.observations)[rows],
+            flat(self.actions)[rows].astype(np.float32, copy=False),
+            flat(self.log_probs)[rows],
             advantages,
-            returns,
+            flat(self.returns)[rows],
         )
         # Every array is a fresh copy (fancy indexing): the tensors may share its memory.
-        observations, actions, old_values, old_log_prob, advantages, returns = (
+        observations, actions, old_log_prob, advantages, returns = (
             self.to_torch(array, copy=False) for array in data
         )
+        old_values = self.to_torch(flat(self.values)[rows], copy=False) if self.samples_old_values else None
         representatives = RepresentativeGroups(
             index=th.as_tensor(sample_representatives, device=self.device),
             order=None,

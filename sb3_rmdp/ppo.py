@@ -471,6 +471,7 @@ class RMDPPPO(PPO):
         else:
             alpha = self.assigner.weights().detach().cpu().numpy()
             self.rollout_buffer.fix_assignment(alpha, normalize=self.normalize_advantage)
+        self.rollout_buffer.samples_old_values = self.clip_range_vf is not None
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
@@ -507,9 +508,9 @@ class RMDPPPO(PPO):
                 if self.clip_range_vf is None:
                     values_pred = values
                 else:
-                    values_pred = rollout_data.old_values + th.clamp(
-                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
-                    )
+                    old_values = rollout_data.old_values
+                    assert old_values is not None  # the buffer samples them when clip_range_vf is set
+                    values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
                 # Per-agent critic of the collecting representative: MSE over all agents (paper eq. 8).
                 value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 value_losses.append(value_loss.item())

@@ -86,19 +86,52 @@ def test_samples_carry_their_slot_representative() -> None:
         assert batch.advantages.shape == (len(slots), n_agents)
 
 
-def test_explained_variance_in_chunks_equals_sb3s() -> None:
+def test_minibatches_read_sb3s_env_major_samples_in_place() -> None:
+    """Each minibatch row is the sample SB3 would give for the same index, without a flattened copy."""
+    n_steps, n_envs, k, n_agents = 6, 4, 2, 3
+    buffer = RMDPRolloutBuffer(n_steps, OBS, ACTIONS, "cpu", 0.95, 0.99, n_envs, n_agents=n_agents, k=k)
+    rng = np.random.default_rng(3)
+    for t in range(n_steps):
+        obs = np.stack([[t, e] for e in range(n_envs)]).astype(np.float32)  # (step, slot) in the obs
+        buffer.add(
+            obs,
+            np.zeros((n_envs, 1)),
+            rng.normal(size=(n_envs, n_agents)),
+            np.zeros(n_envs),
+            th.as_tensor(rng.normal(size=(n_envs, n_agents)), dtype=th.float32),
+            th.as_tensor(rng.normal(size=n_envs), dtype=th.float32),
+        )
+    buffer.compute_returns_and_advantage(th.zeros(n_envs, n_agents), np.zeros(n_envs, dtype=bool))
+    np.testing.assert_array_equal(buffer.returns, buffer.advantages + buffer.values)
+    for samples_old_values in (True, False):
+        buffer.samples_old_values = samples_old_values
+        for batch in buffer.get(batch_size=5):
+            t, e = batch.observations[:, 0].long().numpy(), batch.observations[:, 1].long().numpy()
+            np.testing.assert_array_equal(batch.returns.numpy(), buffer.returns[t, e])
+            np.testing.assert_array_equal(batch.advantages.numpy(), buffer.advantages[t, e])
+            np.testing.assert_array_equal(batch.old_log_prob.numpy(), buffer.log_probs[t, e])
+            if samples_old_values:
+                assert batch.old_values is not None
+                np.testing.assert_array_equal(batch.old_values.numpy(), buffer.values[t, e])
+            else:
+                assert batch.old_values is None
+
+
+def test_explained_variance_of_large_buffers_equals_sb3s() -> None:
     rng = np.random.default_rng(7)
     n_steps, n_envs, n_agents = 40, 4, 6
     buffer = RMDPRolloutBuffer(n_steps, OBS, ACTIONS, "cpu", 0.95, 0.99, n_envs, n_agents=n_agents, k=2)
-    buffer.values = rng.normal(3.0, 2.0, size=(n_steps, n_envs, n_agents)).astype(np.float32)
-    buffer.advantages = rng.normal(0.5, 1.0, size=(n_steps, n_envs, n_agents)).astype(np.float32)
+    buffer.values[:] = rng.normal(3.0, 2.0, size=(n_steps, n_envs, n_agents))
+    buffer.advantages[:] = rng.normal(0.5, 1.0, size=(n_steps, n_envs, n_agents))
+    np.add(buffer.advantages, buffer.values, out=buffer.returns)
     expected = explained_variance(buffer.values.ravel(), buffer.returns.ravel())
     assert buffer.explained_variance() == expected  # small buffers: SB3's function itself
-    for chunk in (n_agents, 7 * n_agents, 100 * n_agents):  # one sample per chunk, uneven, all
-        assert buffer.explained_variance(chunk_elements=chunk) == pytest.approx(expected, rel=1e-6)
-    buffer.advantages[:] = 0.0
+    # above the threshold: in place, from the stored advantages
+    assert buffer.explained_variance(exact_up_to=n_agents) == pytest.approx(expected, rel=1e-6)
     buffer.values[:] = 1.0
-    assert np.isnan(buffer.explained_variance(chunk_elements=n_agents))
+    buffer.advantages[:] = 0.0
+    buffer.returns[:] = 1.0
+    assert np.isnan(buffer.explained_variance(exact_up_to=n_agents))
 
 
 @pytest.mark.parametrize("counts", [(5, 1, 0, 9), (64,), (2, 2, 0, 0, 30), (1, 1, 1)])

@@ -182,3 +182,33 @@ def test_grouped_linear_equals_per_sample_linear_forward_and_backward(counts: tu
         th.testing.assert_close(got, want)
     # A representative without samples gets exactly zero gradient, as with a dense head.
     assert all(float(grads[1][j].abs().sum()) == 0.0 for j in range(k) if counts[j] == 0)
+
+
+@pytest.mark.parametrize(
+    ("k", "size"),
+    [(3, 4), (20, 6), (20, 40), (3, 200)],  # full + gather, per-sample rows, and grouped (twice)
+)
+def test_every_head_layout_equals_the_per_sample_product(k: int, size: int) -> None:
+    from sb3_rmdp.policies import FULL_HEAD_MAX_OUTPUTS, PER_SAMPLE_MAX_SIZE, PER_SAMPLE_MIN_K
+
+    model = RMDPPPO("MlpPolicy", lambda: make_scaled("CartPole-v1", n_agents=k), k=k, n_envs=k, seed=0)
+    policy = model.policy
+    gen = th.Generator().manual_seed(k * size)
+    layer = th.nn.Linear(8, k * size)
+    latent = th.randn(13, 8, generator=gen, requires_grad=True)
+    index = th.sort(th.randint(0, k, (13,), generator=gen)).values
+    upstream = th.randn(13, size, generator=gen)
+    groups = policy.as_representatives(index, 13)
+    per_sample = k >= PER_SAMPLE_MIN_K and size <= PER_SAMPLE_MAX_SIZE and k * size <= FULL_HEAD_MAX_OUTPUTS
+    assert per_sample == ((k, size) == (20, 6))
+
+    out = policy._per_representative_linear(layer, latent, groups, size)
+    params = (latent, layer.weight, layer.bias)
+    grads = th.autograd.grad((out * upstream).sum(), params)
+    weight, bias = layer.weight.view(k, size, 8), layer.bias.view(k, size)
+    expected = th.einsum("bi,boi->bo", latent, weight[index]) + bias[index]
+    expected_grads = th.autograd.grad((expected * upstream).sum(), params)
+
+    th.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        th.testing.assert_close(got, want)
