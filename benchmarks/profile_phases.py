@@ -14,7 +14,8 @@ rollout storage               ``rollout_buffer.add``
 rollout other                 the rest of ``collect_rollouts`` (obs to tensor, reward stacking, ...)
 GAE                           ``rollout_buffer.compute_returns_and_advantage``
 assigner                      the assigner's ``_on_step``, ``_on_rollout_end``, ``zero_grad``, ``step``
-minibatch sampling            every ``next()`` of ``rollout_buffer.get`` (flattening, ``_get_samples``)
+minibatch sampling            every ``next()`` of ``rollout_buffer.get`` (SB3: flattening; RMDPPPO: fixed
+                              marginal advantages, once; both: the permutation, ``_get_samples``)
 forward                       ``policy.evaluate_actions`` during training
 marginal advantages           ``RMDPPPO.marginal_advantages`` (alpha-weighted, normalized)
 backward                      ``torch.Tensor.backward``

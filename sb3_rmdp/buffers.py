@@ -79,6 +79,12 @@ class RMDPRolloutBuffer(RolloutBuffer):
     never copies them into an env-major layout for minibatches: :meth:`get` draws SB3's env-major sample
     indices (the same permutation, so the same minibatches) and reads the time-major rows they name.
 
+    Unlike SB3's buffer, therefore: after :meth:`get` every array keeps its ``(n_steps, n_envs, ...)``
+    layout (SB3 leaves them flattened env-major, ``generator_ready`` stays ``False``); between
+    :meth:`reset` and GAE, rows not yet written hold the previous rollout's data, not zeros (every row
+    is written before GAE reads it); and minibatches carry ``old_values=None`` while
+    :attr:`samples_old_values` is ``False`` (only during ``RMDPPPO.train`` without ``clip_range_vf``).
+
     :param n_agents: number of agents (the reward vector's length).
     :param k: number of representatives.
     """
@@ -169,40 +175,41 @@ class RMDPRolloutBuffer(RolloutBuffer):
         """
         last_values_np = last_values.clone().cpu().numpy().reshape(self.n_envs, self.n_agents)
         # SB3's recursion, ``delta = r + gamma * V' * nnt - V`` and ``A = delta + gamma * lambda * nnt * A'``,
-        # with the same float32 operations in the same order, written into preallocated rows: no
-        # (n_envs, n_agents) temporaries per step. The last step's A' is 0, as SB3's scalar start.
-        delta = np.empty((self.n_envs, self.n_agents), dtype=np.float32)
-        self.advantages[-1] = 0.0
+        # with the same operations in the same order and SB3's dtype (float32 unless gamma, lambda or
+        # the values are float64), written into two preallocated arrays: no (n_envs, n_agents)
+        # temporaries per step. ``carry`` is SB3's unrounded ``last_gae_lam``, 0 before the last step.
+        dtype = np.result_type(self.gamma, self.gae_lambda, self.rewards, self.values, last_values_np)
+        delta = np.empty((self.n_envs, self.n_agents), dtype=dtype)
+        carry = np.zeros((self.n_envs, self.n_agents), dtype=dtype)
         for step in reversed(range(self.buffer_size)):
             if step == self.buffer_size - 1:
                 next_non_terminal = (1.0 - dones.astype(np.float32))[:, None]
                 next_values = last_values_np
-                next_advantages = self.advantages[step]
             else:
                 next_non_terminal = (1.0 - self.episode_starts[step + 1])[:, None]
                 next_values = self.values[step + 1]
-                next_advantages = self.advantages[step + 1]
             np.multiply(self.gamma, next_values, out=delta)
             np.multiply(delta, next_non_terminal, out=delta)
             np.add(self.rewards[step], delta, out=delta)
             np.subtract(delta, self.values[step], out=delta)
-            advantages = self.advantages[step]
-            np.multiply(self.gamma * self.gae_lambda * next_non_terminal, next_advantages, out=advantages)
-            np.add(delta, advantages, out=advantages)
+            np.multiply(self.gamma * self.gae_lambda * next_non_terminal, carry, out=carry)
+            np.add(delta, carry, out=carry)
+            self.advantages[step] = carry
         np.add(self.advantages, self.values, out=self.returns)  # SB3's `returns = advantages + values`
 
     def explained_variance(self, exact_up_to: int = 1 << 20) -> float:
         """SB3's ``explained_variance(values, returns)`` over every sample and agent, in bounded memory.
 
-        Up to ``exact_up_to`` values it is SB3's function on the flattened arrays. Above, no temporary
+        Up to ``exact_up_to`` values it is SB3's function on the arrays flattened as SB3 flattens them
+        (env-major), so it logs SB3's figure. Above, no temporary
         the size of the buffer is allocated (at n=1000 and 102,400 transitions one such array is 410 MB,
         and page-faulting a fresh one costs more than the arithmetic): both variances are one pass of
         torch's Welford kernel (double accumulation) over the arrays in place, ``var(returns - values)``
         being the variance of the advantages, which GAE stored (``returns`` is their float32 sum with the
         values, so the two differ by that sum's rounding only).
         """
-        if self.values.size <= exact_up_to:
-            return explained_variance(self.values.ravel(), self.returns.ravel())
+        if self.values.size <= exact_up_to:  # in SB3's env-major order: float32 sums depend on it
+            return explained_variance(self.values.swapaxes(0, 1).ravel(), self.returns.swapaxes(0, 1).ravel())
         var_y = th.var(th.from_numpy(self.returns.ravel()), correction=0).item()
         var_d = th.var(th.from_numpy(self.advantages.ravel()), correction=0).item()
         return float("nan") if var_y == 0 else float(1 - var_d / var_y)
@@ -226,8 +233,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
     def _compute_marginal_advantages(self, alpha: np.ndarray) -> np.ndarray:
         """``(n_steps, n_envs)`` marginal advantages: slot e's steps weighted by its representative."""
         marginal = np.empty((self.buffer_size, self.n_envs), dtype=np.float32)
+        rows = np.empty((self.buffer_size, self.n_agents), dtype=np.float32)
         for slot, representative in enumerate(self.slot_representatives):
-            marginal[:, slot] = self.advantages[:, slot] @ alpha[:, representative]
+            # A contiguous copy of the slot's rows: BLAS sums a strided view in another order (1 ulp).
+            np.copyto(rows, self.advantages[:, slot])
+            marginal[:, slot] = rows @ alpha[:, representative]
         return marginal
 
     def _rows(self, batch_inds: np.ndarray) -> np.ndarray:

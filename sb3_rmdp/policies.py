@@ -340,7 +340,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         product per representative for a 6-dim action head). With many narrow blocks (``k >=
         PER_SAMPLE_MIN_K``, ``size <= PER_SAMPLE_MAX_SIZE``) the product over all k blocks is mostly
         waste: each sample then gathers its block's ``(size, in_features)`` rows and takes ``size`` dot
-        products (forward and backward 1.4x faster at k=50, size 6, batch 64). Large layers (the
+        products (forward and backward 1.4x faster at k=50, size 6, batch 64; the sums run in another
+        order than the product's, so results differ from it in rounding). Large layers (the
         ``k x n_agents`` critic) run one product per representative present in the batch
         (:class:`GroupedLinear`), so no sample evaluates the other representatives' rows, and the
         backward pass writes each block's gradient in place.

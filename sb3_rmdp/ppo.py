@@ -471,6 +471,7 @@ class RMDPPPO(PPO):
         else:
             alpha = self.assigner.weights().detach().cpu().numpy()
             self.rollout_buffer.fix_assignment(alpha, normalize=self.normalize_advantage)
+        # PPO reads the old values only to clip the value function: skip their (batch, n_agents) gather
         self.rollout_buffer.samples_old_values = self.clip_range_vf is not None
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -547,6 +548,7 @@ class RMDPPPO(PPO):
             if not continue_training:
                 break
 
+        self.rollout_buffer.samples_old_values = True  # SB3's full samples for anyone else
         explained_var = self.rollout_buffer.explained_variance()
 
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))

@@ -16,7 +16,7 @@ ACTIONS = spaces.Discrete(2)
 
 
 @pytest.mark.parametrize("n_agents", [1, 3, 17])
-@pytest.mark.parametrize("gamma", [0.9, 0.99, 1.0])
+@pytest.mark.parametrize("gamma", [0.9, 0.99, 1.0, np.float64(0.99)])  # a NumPy float64 promotes, as in SB3
 @pytest.mark.parametrize("gae_lambda", [0.0, 0.95, 1.0])
 def test_per_agent_gae_is_sb3_gae_per_agent(n_agents: int, gamma: float, gae_lambda: float) -> None:
     rng = np.random.default_rng(n_agents * 100 + int(gamma * 10) + int(gae_lambda * 7))
@@ -55,8 +55,9 @@ def test_per_agent_gae_is_sb3_gae_per_agent(n_agents: int, gamma: float, gae_lam
                 th.zeros(n_envs),
             )
         sb3.compute_returns_and_advantage(th.as_tensor(last_values[:, i]), dones)
-        assert np.array_equal(ours.advantages[..., i], sb3.advantages), f"agent {i}"
-        assert np.array_equal(ours.returns[..., i], sb3.returns), f"agent {i}"
+        # bytes, not values: -0.0 and +0.0 must agree too
+        assert ours.advantages[..., i].tobytes() == sb3.advantages.tobytes(), f"agent {i}"
+        assert ours.returns[..., i].tobytes() == sb3.returns.tobytes(), f"agent {i}"
 
 
 def test_samples_carry_their_slot_representative() -> None:
@@ -124,7 +125,8 @@ def test_explained_variance_of_large_buffers_equals_sb3s() -> None:
     buffer.values[:] = rng.normal(3.0, 2.0, size=(n_steps, n_envs, n_agents))
     buffer.advantages[:] = rng.normal(0.5, 1.0, size=(n_steps, n_envs, n_agents))
     np.add(buffer.advantages, buffer.values, out=buffer.returns)
-    expected = explained_variance(buffer.values.ravel(), buffer.returns.ravel())
+    flat = RolloutBuffer.swap_and_flatten  # SB3's env-major order, in which PPO logs it
+    expected = explained_variance(flat(buffer.values).ravel(), flat(buffer.returns).ravel())
     assert buffer.explained_variance() == expected  # small buffers: SB3's function itself
     # above the threshold: in place, from the stored advantages
     assert buffer.explained_variance(exact_up_to=n_agents) == pytest.approx(expected, rel=1e-6)
@@ -149,3 +151,59 @@ def test_numpy_group_normalization_equals_the_torch_one(counts: tuple[int, ...])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert np.all(got[np.repeat(np.asarray(counts), counts) == 1] == 0.0)
+
+
+def _fill(buffer: RMDPRolloutBuffer, rng: np.random.Generator) -> None:
+    n_envs, n_agents = buffer.n_envs, buffer.n_agents
+    for _t in range(buffer.buffer_size):
+        buffer.add(
+            rng.normal(size=(n_envs, 2)).astype(np.float32),
+            rng.integers(0, 2, size=(n_envs, 1)),
+            rng.normal(size=(n_envs, n_agents)).astype(np.float32),
+            (rng.random(n_envs) < 0.2).astype(np.float32),
+            th.as_tensor(rng.normal(size=(n_envs, n_agents)), dtype=th.float32),
+            th.as_tensor(rng.normal(size=n_envs), dtype=th.float32),
+        )
+    buffer.compute_returns_and_advantage(
+        th.as_tensor(rng.normal(size=(n_envs, n_agents)), dtype=th.float32), rng.random(n_envs) < 0.3
+    )
+
+
+@pytest.mark.parametrize("n_agents", [1, 3, 5, 8])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_reused_buffer_gives_sb3_layout_minibatches_bit_for_bit(n_agents: int, normalize: bool) -> None:
+    """Second rollout into the reused arrays; every minibatch tensor equals the one built from SB3's
+    flattened (swap_and_flatten) copies, fixed-assignment marginal advantages included."""
+    n_steps, n_envs, k = 7, 6, 3
+    rng = np.random.default_rng(n_agents)
+    buffer = RMDPRolloutBuffer(n_steps, OBS, ACTIONS, "cpu", 0.95, 0.99, n_envs, n_agents=n_agents, k=k)
+    for _rollout in range(2):
+        buffer.reset()
+        _fill(buffer, rng)
+    alpha = rng.dirichlet(np.ones(k), size=n_agents).astype(np.float32)  # (n_agents, k)
+    buffer.fix_assignment(alpha, normalize=normalize)
+
+    flat = RolloutBuffer.swap_and_flatten
+    advantages = flat(buffer.advantages)
+    slot_of_sample = np.repeat(np.arange(n_envs), n_steps)
+    marginal = np.empty(n_steps * n_envs, dtype=np.float32)
+    for e in range(n_envs):
+        rows = slot_of_sample == e
+        marginal[rows] = advantages[rows] @ alpha[:, e % k]
+    np.random.seed(11)  # noqa: NPY002  (the buffer draws SB3's permutation from the global stream)
+    batches = list(buffer.get(batch_size=8))
+    np.random.seed(11)  # noqa: NPY002
+    permutation = np.random.permutation(n_steps * n_envs)  # noqa: NPY002
+    for start, batch in zip(range(0, n_steps * n_envs, 8), batches, strict=True):
+        inds = permutation[start : start + 8]
+        inds = inds[np.argsort(buffer.sample_representatives[inds], kind="stable")]
+        expected_marginal = marginal[inds]
+        if normalize:
+            from sb3_rmdp.buffers import normalize_sorted_groups
+
+            counts = np.bincount(buffer.sample_representatives[inds], minlength=k)
+            expected_marginal = normalize_sorted_groups(expected_marginal, counts)
+        assert batch.advantages.numpy().tobytes() == expected_marginal.tobytes()
+        assert batch.returns.numpy().tobytes() == flat(buffer.returns)[inds].tobytes()
+        assert batch.observations.numpy().tobytes() == flat(buffer.observations)[inds].tobytes()
+        assert batch.old_log_prob.numpy().tobytes() == flat(buffer.log_probs)[inds].ravel().tobytes()

@@ -74,3 +74,33 @@ def test_user_callbacks_of_every_sb3_form_run_after_the_assigner() -> None:
     model.learn(32, callback=[ListCallback()])
     assert calls.count("function") == 32 and calls.count("list") == 32
     assert model.assigner.n_rollouts == 4  # the assigner ran on every rollout of both calls
+
+
+@pytest.mark.parametrize("clip_range_vf", [None, 0.2])
+def test_old_values_reach_the_loss_only_with_a_clipped_value_function(clip_range_vf: float | None) -> None:
+    model = RMDPPPO(
+        "MlpPolicy",
+        lambda: make_scaled("CartPole-v1", n_agents=3),
+        k=2,
+        n_envs=2,
+        n_steps=32,
+        batch_size=16,
+        n_epochs=2,
+        clip_range_vf=clip_range_vf,
+        seed=0,
+    )
+    buffer = model.rollout_buffer
+    sampled: list[bool] = []
+    get_samples = buffer._get_samples
+
+    def spy(batch_inds: np.ndarray, env: object = None) -> object:
+        samples = get_samples(batch_inds)
+        sampled.append(samples.old_values is not None)
+        return samples
+
+    buffer._get_samples = spy  # type: ignore[method-assign]
+    model.learn(128)
+    assert len(sampled) == 2 * 2 * 4  # two updates of two epochs of four minibatches
+    assert set(sampled) == {clip_range_vf is not None}
+    assert buffer.samples_old_values  # SB3's full samples again outside the update
+    assert np.isfinite(model.logger.name_to_value["train/value_loss"])
