@@ -201,12 +201,12 @@ class RMDPRolloutBuffer(RolloutBuffer):
         """SB3's ``explained_variance(values, returns)`` over every sample and agent, in bounded memory.
 
         Up to ``exact_up_to`` values it is SB3's function on the arrays flattened as SB3 flattens them
-        (env-major), so it logs SB3's figure. Above, no temporary
-        the size of the buffer is allocated (at n=1000 and 102,400 transitions one such array is 410 MB,
-        and page-faulting a fresh one costs more than the arithmetic): both variances are one pass of
-        torch's Welford kernel (double accumulation) over the arrays in place, ``var(returns - values)``
-        being the variance of the advantages, which GAE stored (``returns`` is their float32 sum with the
-        values, so the two differ by that sum's rounding only).
+        (env-major), so it logs SB3's figure. Above, no temporary the size of the buffer is allocated
+        (at n=1000 and 102,400 transitions one such array is 410 MB, and page-faulting a fresh one costs
+        more than the arithmetic): both variances are one pass of torch's Welford kernel (double
+        accumulation) over the arrays in place, ``var(returns - values)`` being the variance of the
+        advantages, which GAE stored (``returns`` is their float32 sum with the values, so the two differ
+        by that sum's rounding only).
         """
         if self.values.size <= exact_up_to:  # in SB3's env-major order: float32 sums depend on it
             return explained_variance(self.values.swapaxes(0, 1).ravel(), self.returns.swapaxes(0, 1).ravel())

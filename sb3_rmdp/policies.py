@@ -336,7 +336,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         """Apply to each sample only its representative's row block of a ``k``-block linear layer.
 
         Small layers (``k * size <= FULL_HEAD_MAX_OUTPUTS``, e.g. the action heads) run as one matrix
-        product over all k blocks and a gather: three autograd nodes (at k=10, 10x faster than a
+        product over all k blocks and a gather: three autograd nodes (at k=50, 10x faster than a
         product per representative for a 6-dim action head). With many narrow blocks (``k >=
         PER_SAMPLE_MIN_K``, ``size <= PER_SAMPLE_MAX_SIZE``) the product over all k blocks is mostly
         waste: each sample then gathers its block's ``(size, in_features)`` rows and takes ``size`` dot
