@@ -45,7 +45,15 @@ def check_mergeable(rows: list[dict[str, Any]], cell: tuple[str, ...], same: tup
 
 
 #: Numeric columns of the welfare benchmarks' CSVs (parsed by :func:`read_rows` where present).
-INT_COLUMNS = ("k", "n_agents", "seed", "budget_per_representative", "interval_breaks")
+INT_COLUMNS = (
+    "k",
+    "n_agents",
+    "seed",
+    "budget_per_representative",
+    "interval_breaks",
+    "served",
+    "served_interval_breaks",
+)
 FLOAT_COLUMNS = (
     "log_std_init",
     "welfare_eval",
@@ -64,10 +72,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = list(csv.DictReader(f))
     for row in rows:
         for key in INT_COLUMNS:
-            if key in row:
+            if row.get(key) not in (None, ""):
                 row[key] = int(row[key])
         for key in FLOAT_COLUMNS:
-            if key in row:
+            if row.get(key) not in (None, ""):
                 row[key] = float(row[key])
     return rows
 
@@ -112,11 +120,15 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """One row per cell; keys starting with ``_`` (in-memory extras such as paths) are left out."""
+    """One row per cell; keys starting with ``_`` (in-memory extras such as paths) are left out.
+
+    The columns are every row's keys in first-seen order (rows of merged runs may differ); a row
+    without a column leaves it empty.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = [f for f in rows[0] if not f.startswith("_")]
+    fields = list(dict.fromkeys(f for row in rows for f in row if not f.startswith("_")))
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(rows)
 

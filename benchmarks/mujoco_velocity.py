@@ -62,6 +62,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ("em", "end_to_end", "kmeans", "random", "oracle")
 ENVS = ("HalfCheetah", "Ant", "Hopper", "Walker2d")
 HISTOGRAM_K = 5
+#: ``em_e_step`` of EM rows: idle representatives revived (the default) or the plain greedy E-step (the
+#: runs committed before the option, whose rows have no ``em_e_step`` column).
+E_STEP_REVIVE, E_STEP_GREEDY = "revive_idle", "greedy"
 
 
 def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
     }
 
 
-def make_assigner(algorithm: str, seed: int, b: float) -> Any:
+def make_assigner(algorithm: str, seed: int, b: float, revive_idle: bool = True) -> Any:
     from sb3_rmdp.assigners import (
         EMAssigner,
         EndToEndAssigner,
@@ -97,7 +100,7 @@ def make_assigner(algorithm: str, seed: int, b: float) -> Any:
     )
 
     if algorithm == "em":
-        return EMAssigner(mixing=0.05, warm_start_updates=10)
+        return EMAssigner(mixing=0.05, warm_start_updates=10, revive_idle=revive_idle)
     if algorithm == "end_to_end":
         return EndToEndAssigner(lr=2e-3, seed=seed)
     if algorithm == "kmeans":
@@ -110,7 +113,14 @@ def make_assigner(algorithm: str, seed: int, b: float) -> Any:
 
 
 def run_cell(
-    env_name: str, algorithm: str, k: int, n_agents: int, seed: int, budget: int, log_std_init: float = 0.0
+    env_name: str,
+    algorithm: str,
+    k: int,
+    n_agents: int,
+    seed: int,
+    budget: int,
+    log_std_init: float = 0.0,
+    revive_idle: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns its CSV row."""
     import numpy as np
@@ -132,7 +142,7 @@ def run_cell(
         norm_obs=True,
         norm_reward=False,
     )
-    assigner = make_assigner(algorithm, seed, b)
+    assigner = make_assigner(algorithm, seed, b, revive_idle)
     model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=assigner, **ppo_kwargs(log_std_init))
     model.learn(budget * k)
     wall = time.perf_counter() - start
@@ -150,7 +160,8 @@ def run_cell(
     assert model.agent_params is not None, "velocity populations carry their targets"
     targets = model.agent_params.reshape(-1)
     bound = welfare_upper_bound(targets, k, b)
-    welfare = utilitarian_welfare(table, model.assignment())
+    deployed = model.assignment()
+    welfare = utilitarian_welfare(table, deployed)
     return {
         "env": env_name,
         "algorithm": algorithm,
@@ -159,6 +170,7 @@ def run_cell(
         "seed": seed,
         "budget_per_representative": budget,
         "log_std_init": log_std_init,
+        "em_e_step": (E_STEP_REVIVE if revive_idle else E_STEP_GREEDY) if algorithm == "em" else "",
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -166,8 +178,9 @@ def run_cell(
         "fraction_of_bound": round(welfare / bound, 4),
         "wall_s": round(wall, 1),
         "shared_with": "",
-        "assignment": " ".join(map(str, model.assignment())),
+        "assignment": " ".join(map(str, deployed)),
         "targets": " ".join(f"{v:.4f}" for v in np.asarray(targets)),
+        "returns": " ".join(f"{v:.2f}" for v in table[np.arange(len(deployed)), deployed]),
     }
 
 
@@ -187,12 +200,32 @@ def interval_breaks(targets: Any, assignment: Any) -> int:
     return runs - len(np.unique(ordered))
 
 
+def served_agents(row: dict[str, Any]) -> Any:
+    """``(n_agents,)`` bool: the agents whose deployed evaluation return is positive, or ``None`` for rows
+    written before the ``returns`` column existed.
+
+    An agent no representative earns anything is indifferent to its assignment (it changes no welfare),
+    so where it lands says nothing about the split the algorithm learned.
+    """
+    import numpy as np
+
+    returns = str(row.get("returns") or "")
+    return np.array(returns.split(), dtype=float) > 0 if returns else None
+
+
 def add_interval_breaks(rows: list[dict[str, Any]]) -> None:
-    """Set each row's ``interval_breaks`` from its ``targets`` and ``assignment`` columns."""
+    """Set each row's ``interval_breaks`` from its ``targets`` and ``assignment`` columns, and, for rows
+    with a ``returns`` column, ``served_interval_breaks``: the same over the served agents only."""
+    import numpy as np
+
     for row in rows:
-        targets = [float(v) for v in str(row["targets"]).split()]
-        assignment = [int(v) for v in str(row["assignment"]).split()]
+        targets = np.array(str(row["targets"]).split(), dtype=float)
+        assignment = np.array(str(row["assignment"]).split(), dtype=int)
         row["interval_breaks"] = interval_breaks(targets, assignment)
+        served = served_agents(row)
+        if served is not None:
+            row["served"] = int(served.sum())
+            row["served_interval_breaks"] = interval_breaks(targets[served], assignment[served])
 
 
 def rescore(path: Path) -> None:
@@ -244,13 +277,19 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
     for ax, row in zip(np.atleast_1d(axes), chosen):
         targets = np.array(row["targets"].split(), dtype=float)
         assignment = np.array(row["assignment"].split(), dtype=int)
-        groups = [targets[assignment == j] for j in range(k)]
-        ax.hist(groups, bins=bins, stacked=True, label=[f"rep {j}" for j in range(k)])
-        ax.set_title(
-            f"{row['algorithm']}: welfare {float(row['welfare_eval']):.1f}, "
-            f"{interval_breaks(targets, assignment)} breaks",
-            fontsize=9,
-        )
+        served = served_agents(row)
+        if served is None:
+            groups = [targets[assignment == j] for j in range(k)]
+            labels = [f"rep {j}" for j in range(k)]
+            breaks = f"{interval_breaks(targets, assignment)} breaks"
+            colors = None
+        else:
+            groups = [targets[(assignment == j) & served] for j in range(k)] + [targets[~served]]
+            labels = [f"rep {j}" for j in range(k)] + ["unserved"]
+            breaks = f"{interval_breaks(targets[served], assignment[served])} breaks among served"
+            colors = [f"C{j}" for j in range(k)] + ["0.8"]
+        ax.hist(groups, bins=bins, stacked=True, label=labels, color=colors)
+        ax.set_title(f"{row['algorithm']}: welfare {float(row['welfare_eval']):.1f}, {breaks}", fontsize=9)
         ax.set_xlabel("target velocity")
     np.atleast_1d(axes)[0].set_ylabel("agents")
     np.atleast_1d(axes)[-1].legend(fontsize=7)
@@ -280,6 +319,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="initial log standard deviation of the Gaussian actions (SB3's default 0)",
+    )
+    parser.add_argument(
+        "--no-revive-idle",
+        dest="revive_idle",
+        action="store_false",
+        help="EM with the plain greedy E-step (the runs committed before idle representatives were revived)",
     )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
@@ -311,7 +356,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
         futures = [
-            pool.submit(run_cell, *cell, args.budget_per_representative, args.log_std_init) for cell in cells
+            pool.submit(run_cell, *cell, args.budget_per_representative, args.log_std_init, args.revive_idle)
+            for cell in cells
         ]
         for done, future in enumerate(as_completed(futures), 1):
             row = future.result()
@@ -338,6 +384,7 @@ def main() -> None:
             "seeds": args.seeds,
             "budget_per_representative": args.budget_per_representative,
             "ppo": {k: str(v) for k, v in ppo_kwargs(args.log_std_init).items()},
+            "em_e_step": E_STEP_REVIVE if args.revive_idle else E_STEP_GREEDY,
             "n_jobs": args.n_jobs,
             "torch_threads_per_worker": 1,
             "wall_s": round(time.time() - started, 1),
@@ -364,6 +411,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "interval_breaks": [int(r["interval_breaks"]) for r in cell],
                 "n": len(cell),
             }
+            if all(r.get("served_interval_breaks") not in (None, "") for r in cell):
+                summary[f"{algorithm}/k={k}/n={n}"]["served_interval_breaks"] = [
+                    int(r["served_interval_breaks"]) for r in cell
+                ]
+                summary[f"{algorithm}/k={k}/n={n}"]["served"] = [int(r["served"]) for r in cell]
     return summary
 
 
@@ -391,8 +443,11 @@ def merge(sources: list[Path], out_dir: Path) -> None:
         source_rows, sidecar = read_run(source)
         rows += source_rows
         runs.append(sidecar)
+    for row in rows:
+        if row["algorithm"] == "em" and not row.get("em_e_step"):
+            row["em_e_step"] = E_STEP_GREEDY  # written before the column existed
     cell = ("algorithm", "k", "n_agents", "seed")
-    check_mergeable(rows, cell=cell, same=("env", "budget_per_representative", "log_std_init"))
+    check_mergeable(rows, cell=cell, same=("env", "budget_per_representative", "log_std_init", "em_e_step"))
     add_interval_breaks(rows)
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
     env_name = rows[0]["env"]

@@ -10,6 +10,7 @@ import torch as th
 
 from sb3_rmdp import EMAssigner, RandomAssigner
 from sb3_rmdp.assigners import e_step
+from sb3_rmdp.assigners.em import indifferent_agents, revive_idle_representatives
 from sb3_rmdp.welfare import utilitarian_welfare
 
 
@@ -29,7 +30,17 @@ def test_e_step_never_lowers_welfare_of_a_fixed_table() -> None:
     rng = np.random.default_rng(0)
     for _ in range(500):
         table, old = _random_case(rng)
-        new = e_step(table, old)
+        for revive_idle in (False, True):  # no agent is indifferent here: reviving changes nothing
+            new = e_step(table, old, revive_idle=revive_idle)
+            assert utilitarian_welfare(table, new) >= utilitarian_welfare(table, old) - 1e-12
+
+
+def test_plain_e_step_never_lowers_welfare_with_indifferent_agents() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        table, old = _random_case(rng)
+        table[rng.random(len(table)) < 0.5] = 0.0  # sparse rewards: agents nobody earns anything for
+        new = e_step(table, old, revive_idle=False)
         assert utilitarian_welfare(table, new) >= utilitarian_welfare(table, old) - 1e-12
 
 
@@ -50,6 +61,43 @@ def test_e_step_pins_the_agent_that_loses_least() -> None:
     # Everyone prefers representative 0; representative 1 keeps the old member for whom it is closest.
     table = np.array([[9.0, 0.0], [9.0, 8.5], [9.0, 1.0]])
     assert np.array_equal(e_step(table, np.array([0, 1, 1])), [0, 1, 0])
+
+
+def test_indifferent_agents_are_rows_equal_under_every_representative() -> None:
+    table = np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 3.0], [1.0, 0.0, 0.0], [1e9, 1e9 + 1e-4, 1e9]])
+    assert indifferent_agents(table).tolist() == [True, True, False, True]
+
+
+def test_an_idle_representative_gets_the_agent_it_nearly_serves_best() -> None:
+    # Representative 0 serves everyone it can; 1 and 2 only keep agents nobody earns anything for.
+    table = np.array([[9.0, 0.0, 0.0], [9.0, 8.5, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [5.0, 1.0, 0.0]])
+    old = np.array([0, 1, 2, 1, 2])
+    assert np.array_equal(e_step(table, old, revive_idle=False), [0, 0, 2, 1, 0])
+    # 1 takes agent 1 (it loses 0.5 there, agent 4 would lose 4); 2 earns nobody anything and stays.
+    assert np.array_equal(e_step(table, old), [0, 1, 2, 1, 0])
+
+
+def test_reviving_never_empties_or_idles_the_donor() -> None:
+    # Representative 0's only informative agent may not leave it; 1 stays idle rather than idling 0.
+    table = np.array([[5.0, 4.0], [0.0, 0.0]])
+    assert np.array_equal(revive_idle_representatives(table, np.array([0, 1])), [0, 1])
+
+
+def test_reviving_leaves_no_idle_representative_that_earns_some_agent_something() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        table, old = _random_case(rng)
+        table[rng.random(len(table)) < 0.6] = 0.0
+        table = np.maximum(table, 0.0)  # returns of sparse rewards: many exact zeros
+        new = e_step(table, old)
+        k = table.shape[1]
+        assert np.bincount(new, minlength=k).min() >= 1
+        informative = ~indifferent_agents(table)
+        served = np.bincount(new[informative], minlength=k)
+        for j in np.flatnonzero(served == 0):
+            # Still idle only if no informative agent it earns anything could be spared by its donor.
+            earns = informative & (table[:, j] > table.min(axis=1))
+            assert not np.any(earns & (served[new] > 1))
 
 
 def _bound(assigner: EMAssigner, n_agents: int, k: int) -> EMAssigner:

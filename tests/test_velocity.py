@@ -181,3 +181,36 @@ def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> Non
         benchmark.merge([first, run("c", [1], 9.0)], out)
     with pytest.raises(ValueError, match="one budget"):
         benchmark.merge([first, run("d", [5], 4.0, budget=2000)], out)
+
+
+def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp_path) -> None:
+    """Agents nobody serves (deployed return 0) may sit anywhere: ``served_interval_breaks`` leaves them
+    out. EM runs of the plain greedy E-step (rows without ``em_e_step``) never pool with revived ones."""
+    import json
+
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("mujoco_velocity")
+
+    def run(name: str, seed: int, extra: dict[str, str]) -> object:
+        row = {
+            "env": "HalfCheetah", "algorithm": "em", "k": 2, "n_agents": 5, "seed": seed,
+            "budget_per_representative": 1000, "welfare_eval": 3.0, "welfare_train": 1.0,
+            "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
+            "fraction_of_bound": 0.15, "assignment": "0 0 1 1 0", "targets": "0.2 0.4 1.0 1.2 3.5", **extra,
+        }  # fmt: skip
+        path = tmp_path / name
+        benchmark.write_csv([row], benchmark.result_path(path, ".csv"))
+        benchmark.result_path(path, ".json").write_text(json.dumps({"command": name, "wall_s": 1.0}))
+        return path
+
+    revived = {"em_e_step": "revive_idle", "returns": "30.00 20.00 25.00 9.00 0.00"}
+    out = tmp_path / "merged"
+    benchmark.merge([run("a", 0, revived), run("b", 1, revived)], out)
+    summary = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())["summary_welfare_eval"]
+    cell = summary["em/k=2/n=5"]
+    # Sorted by target: 0 0 1 1 | 0 (the unserved 3.5 m/s agent): one break in all, none among the served.
+    assert cell["interval_breaks"] == [1, 1] and cell["served_interval_breaks"] == [0, 0]
+    assert cell["served"] == [4, 4]
+    with pytest.raises(ValueError, match="one em_e_step"):
+        benchmark.merge([run("c", 2, revived), run("d", 3, {})], out)

@@ -7,8 +7,8 @@ import numpy as np
 from sb3_rmdp.assigners.base import Assigner
 
 
-def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
-    """Greedy re-assignment that never leaves a representative without agents.
+def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) -> np.ndarray:
+    """Greedy re-assignment that never leaves a representative without agents, or idle.
 
     Every agent moves to its best representative ``argmax_j table[i, j]`` (staying put on ties).
     Should a representative be left empty, one of the agents it served before is pinned back to it:
@@ -16,8 +16,14 @@ def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
     agent gets its best, so the welfare of ``table`` never decreases (the E-step of Theorem 2), and
     with no representative left empty the result is exactly the argmax.
 
+    With ``revive_idle``, :func:`revive_idle_representatives` then gives every *idle* representative
+    (all its agents are indifferent between representatives, e.g. no representative has earned them
+    any reward yet) the agent it nearly serves best. Only idle representatives change anything, so on a
+    table without indifferent agents the result is the one above.
+
     :param table: agent returns ``(n_agents, k)``.
     :param assignment: current hard assignment ``(n_agents,)`` with every representative non-empty.
+    :param revive_idle: reassign to idle representatives (see :func:`revive_idle_representatives`).
     :return: new hard assignment ``(n_agents,)``.
     """
     table = np.asarray(table, dtype=np.float64)
@@ -30,7 +36,7 @@ def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
         sizes = np.bincount(new, minlength=k)
         empty = np.flatnonzero(sizes == 0)
         if empty.size == 0:
-            return new
+            return revive_idle_representatives(table, new) if revive_idle else new
         j = int(empty[0])
         # Old members of j are all unpinned (a pinned agent sits at its old representative, and j is empty).
         members = np.flatnonzero((old == j) & ~pinned)
@@ -38,6 +44,58 @@ def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
         agent = int(members[np.argmin(loss)])
         new[agent] = j
         pinned[agent] = True
+
+
+def indifferent_agents(table: np.ndarray) -> np.ndarray:
+    """Agents whose estimated return is the same under every representative, ``(n_agents,)`` bool.
+
+    Such an agent changes no welfare wherever it goes, and gives its representative nothing to learn
+    from: with sparse rewards, an agent no representative has yet earned any reward for.
+
+    :param table: agent returns ``(n_agents, k)``.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    spread = table.max(axis=1) - table.min(axis=1)
+    return spread <= 1e-12 * np.maximum(1.0, np.abs(table).max(axis=1))
+
+
+def revive_idle_representatives(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
+    """Give each idle representative the agent that loses least by moving to it.
+
+    A representative is *idle* when every agent it serves is indifferent (:func:`indifferent_agents`):
+    its M-step then has no reward signal, and with a greedy E-step it would stay idle for good (every
+    agent it could learn to serve is served a little better elsewhere). The paper gives an *empty*
+    representative an agent before the M-step (Appendix A, "we may assign a random agent to this
+    representative"); an idle one is empty in all but name. It gets the agent ``i`` with the smallest
+    loss ``table[i, a_i] - table[i, j]`` among the agents it earns more than their worst representative
+    does, taken only from representatives that keep another non-indifferent agent, so no representative
+    is made idle or empty. An idle representative that earns no such agent anything stays as it is.
+
+    This is the only step that may lower the welfare of ``table`` (by the losses of the moved agents,
+    at most one per idle representative): the price of an M-step with something to learn.
+
+    :param table: agent returns ``(n_agents, k)``.
+    :param assignment: hard assignment ``(n_agents,)``.
+    :return: new hard assignment ``(n_agents,)``.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    new = np.array(assignment, dtype=np.int64)
+    n_agents, k = table.shape
+    informative = ~indifferent_agents(table)
+    earns = table > table.min(axis=1, keepdims=True)  # (n_agents, k): j beats i's worst representative
+    moved = np.zeros(n_agents, dtype=bool)
+    for j in range(k):
+        counts = np.bincount(new[informative], minlength=k)
+        if counts[j] > 0:
+            continue
+        candidates = np.flatnonzero(informative & earns[:, j] & ~moved & (counts[new] > 1))
+        if candidates.size == 0:
+            continue
+        loss = table[candidates, new[candidates]] - table[candidates, j]
+        agent = int(candidates[np.argmin(loss)])
+        new[agent] = j
+        moved[agent] = True
+    return new
 
 
 class EMAssigner(Assigner):
@@ -58,9 +116,15 @@ class EMAssigner(Assigner):
     :param warm_start_updates: PPO updates under the initial assignment before the first E-step.
     :param max_warm_start_fraction: cap of the warm start, as a fraction of the planned updates.
     :param initial_assignment: ``(n_agents,)``; default round-robin, agent i -> representative i % k.
+    :param revive_idle: after each E-step, give every idle representative (all its agents indifferent:
+        with sparse rewards, agents nobody earns anything for yet) the agent it nearly serves best; see
+        :func:`revive_idle_representatives`. ``False`` is the plain greedy E-step.
     :param seed: unused (EM is deterministic); accepted for a uniform assigner API.
     :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
+
+    #: the class default only serves assigners saved before the option existed: they keep the plain E-step
+    revive_idle: bool = False
 
     def __init__(
         self,
@@ -68,6 +132,7 @@ class EMAssigner(Assigner):
         warm_start_updates: int = 50,
         max_warm_start_fraction: float = 0.1,
         initial_assignment: np.ndarray | list[int] | None = None,
+        revive_idle: bool = True,
         seed: int | None = None,
         verbose: int = 0,
         figure_every: int = 10,
@@ -85,6 +150,7 @@ class EMAssigner(Assigner):
         #: the warm start in effect (set when training starts)
         self.effective_warm_start: int | None = None
         self.initial_assignment = None if initial_assignment is None else np.asarray(initial_assignment)
+        self.revive_idle = bool(revive_idle)
 
     def _setup(self) -> None:
         if self.initial_assignment is None:
@@ -129,7 +195,7 @@ class EMAssigner(Assigner):
             self.warm_start_updates if self.effective_warm_start is None else self.effective_warm_start
         )
         if self.n_rollouts > warm_start and self.observed.all():
-            self._set_hard_assignment(e_step(self.q_table, self.hard_assignment))
+            self._set_hard_assignment(e_step(self.q_table, self.hard_assignment, self.revive_idle))
             self.n_e_steps += 1
 
 
