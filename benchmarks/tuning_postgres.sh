@@ -7,7 +7,7 @@
 # Last, it lists the study's trials. Tiny budgets: the point is the storage, not the welfare.
 #
 # Needs: Debian's PostgreSQL (apt-get install -y postgresql) and psycopg2 in the venv
-# (.venv/bin/pip install psycopg2-binary).
+# (.venv/bin/pip install -e '.[postgres]', i.e. psycopg2-binary).
 #
 #   bash benchmarks/tuning_postgres.sh 2>&1 | tee benchmarks/results/tuning_postgres.txt
 set -euo pipefail

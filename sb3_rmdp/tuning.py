@@ -378,7 +378,7 @@ def make_storage(
         except ImportError as error:
             raise ImportError(
                 f"No database driver for {url.split('://')[0]}:// ({error.__cause__ or error}). Install "
-                "it, e.g. PostgreSQL: pip install psycopg2-binary and a postgresql+psycopg2:// URL "
+                "it, e.g. PostgreSQL: pip install 'sb3-rmdp[postgres]' and a postgresql+psycopg2:// URL "
                 "(SQLAlchemy 2.1 reads postgresql:// as psycopg 3: pip install 'psycopg[binary]'); MySQL: "
                 "pip install pymysql and a mysql+pymysql:// URL."
             ) from error
