@@ -196,6 +196,8 @@ def interval_breaks(targets: Any, assignment: Any) -> int:
     import numpy as np
 
     ordered = np.asarray(assignment)[np.argsort(np.asarray(targets), kind="stable")]
+    if ordered.size == 0:
+        return 0
     runs = 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
     return runs - len(np.unique(ordered))
 
@@ -235,13 +237,8 @@ def rescore(path: Path) -> None:
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())  # before anything is written: a missing JSON changes nothing
     write_csv(rows, path)
-    for name, entry in meta.get("summary_welfare_eval", {}).items():
-        algorithm, k, n = name.split("/")
-        entry["interval_breaks"] = [
-            r["interval_breaks"]
-            for r in rows
-            if r["algorithm"] == algorithm and f"k={r['k']}" == k and f"n={r['n_agents']}" == n
-        ]
+    if "summary_welfare_eval" in meta:
+        meta["summary_welfare_eval"] = summarize(rows)
     meta_path.write_text(json.dumps(meta, indent=2))
     plot_histograms(rows, str(rows[0]["env"]), path.parent / f"{path.stem}_histograms.png")
 
@@ -292,7 +289,8 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
         ax.set_title(f"{row['algorithm']}: welfare {float(row['welfare_eval']):.1f}, {breaks}", fontsize=9)
         ax.set_xlabel("target velocity")
     np.atleast_1d(axes)[0].set_ylabel("agents")
-    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    with_unserved = [i for i, row in enumerate(chosen) if served_agents(row) is not None]
+    np.atleast_1d(axes)[with_unserved[-1] if with_unserved else -1].legend(fontsize=7)
     fig.suptitle(f"{env_name}, k={k}, seed {seed}: assignment over target velocity", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -411,11 +409,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "interval_breaks": [int(r["interval_breaks"]) for r in cell],
                 "n": len(cell),
             }
-            if all(r.get("served_interval_breaks") not in (None, "") for r in cell):
-                summary[f"{algorithm}/k={k}/n={n}"]["served_interval_breaks"] = [
-                    int(r["served_interval_breaks"]) for r in cell
-                ]
-                summary[f"{algorithm}/k={k}/n={n}"]["served"] = [int(r["served"]) for r in cell]
+            if any(r.get("served_interval_breaks") not in (None, "") for r in cell):
+                # null for rows written before the returns column
+                for key in ("served_interval_breaks", "served"):
+                    summary[f"{algorithm}/k={k}/n={n}"][key] = [
+                        None if r.get(key) in (None, "") else int(r[key]) for r in cell
+                    ]
     return summary
 
 
@@ -434,8 +433,8 @@ def merge(sources: list[Path], out_dir: Path) -> None:
     """Combine the results CSVs of several runs of one env (e.g. more seeds at the same budget) into
     ``out_dir/mujoco_velocity_<env>``; the JSON lists each run's own sidecar (command, date, wall time).
 
-    :raises ValueError: if the runs are of different envs, budgets or ``log_std_init``, or share an
-        (algorithm, k, n, seed).
+    :raises ValueError: if the runs are of different envs, budgets, ``log_std_init`` or EM E-steps
+        (``em_e_step``; EM rows without it are the greedy E-step's), or share an (algorithm, k, n, seed).
     """
     rows: list[dict[str, Any]] = []
     runs = []

@@ -64,8 +64,10 @@ def test_e_step_pins_the_agent_that_loses_least() -> None:
 
 
 def test_indifferent_agents_are_rows_equal_under_every_representative() -> None:
-    table = np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 3.0], [1.0, 0.0, 0.0], [1e9, 1e9 + 1e-4, 1e9]])
-    assert indifferent_agents(table).tolist() == [True, True, False, True]
+    table = np.array(
+        [[0.0, 0.0, 0.0], [3.0, 3.0, 3.0], [1.0, 0.0, 0.0], [1e9, 1e9 + 1e-4, 1e9], [np.nan, 1.0, 0.0]]
+    )
+    assert indifferent_agents(table).tolist() == [True, True, False, True, True]
 
 
 def test_an_idle_representative_gets_the_agent_it_nearly_serves_best() -> None:
@@ -77,27 +79,76 @@ def test_an_idle_representative_gets_the_agent_it_nearly_serves_best() -> None:
     assert np.array_equal(e_step(table, old), [0, 1, 2, 1, 0])
 
 
+def test_an_idle_representative_is_revived_with_two_representatives() -> None:
+    # 1 earns agents 0 and 1 something, though 0 serves both better: it takes agent 1, which loses least.
+    table = np.array([[5.0, 2.0], [3.0, 2.5], [0.0, 0.0]])
+    old = np.array([0, 0, 1])
+    assert np.array_equal(e_step(table, old, revive_idle=False), old)
+    assert np.array_equal(e_step(table, old), [0, 1, 1])
+
+
+def test_an_idle_representative_takes_an_agent_it_earns_even_where_it_is_the_worst() -> None:
+    # Agent 0 gets 5 from 0 and 2 from both idle representatives: each earns it something above nothing.
+    table = np.array([[5.0, 2.0, 2.0], [4.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    revived = revive_idle_representatives(table, np.array([0, 0, 1, 2]))
+    # 1 takes agent 0 (loss 3); 2 would take agent 1 (loss 3), but 0 has no other informative agent left.
+    assert revived.tolist() == [1, 0, 1, 2]
+
+
 def test_reviving_never_empties_or_idles_the_donor() -> None:
-    # Representative 0's only informative agent may not leave it; 1 stays idle rather than idling 0.
-    table = np.array([[5.0, 4.0], [0.0, 0.0]])
-    assert np.array_equal(revive_idle_representatives(table, np.array([0, 1])), [0, 1])
+    # Representative 0's only informative agent may not leave it, though 1 earns it something.
+    table = np.array([[5.0, 4.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert np.array_equal(revive_idle_representatives(table, np.array([0, 1, 2])), [0, 1, 2])
 
 
 def test_reviving_leaves_no_idle_representative_that_earns_some_agent_something() -> None:
     rng = np.random.default_rng(4)
+    revived_cases = 0
     for _ in range(300):
         table, old = _random_case(rng)
         table[rng.random(len(table)) < 0.6] = 0.0
         table = np.maximum(table, 0.0)  # returns of sparse rewards: many exact zeros
+        greedy = e_step(table, old, revive_idle=False)
         new = e_step(table, old)
+        revived_cases += not np.array_equal(new, greedy)
         k = table.shape[1]
         assert np.bincount(new, minlength=k).min() >= 1
+        moved = new != greedy
+        assert np.bincount(new[moved], minlength=k).max(initial=0) <= 1  # one agent per idle representative
+        losses = (table[np.arange(len(table)), greedy] - table[np.arange(len(table)), new]).sum()
+        expected = utilitarian_welfare(table, greedy) - losses / len(table)
+        assert utilitarian_welfare(table, new) == pytest.approx(expected)
         informative = ~indifferent_agents(table)
         served = np.bincount(new[informative], minlength=k)
         for j in np.flatnonzero(served == 0):
             # Still idle only if no informative agent it earns anything could be spared by its donor.
-            earns = informative & (table[:, j] > table.min(axis=1))
+            earns = informative & (table[:, j] > 0)
             assert not np.any(earns & (served[new] > 1))
+    assert revived_cases > 30
+
+
+def test_em_trains_the_revived_assignment_and_deploys_the_greedy_one() -> None:
+    assigner = _bound(EMAssigner(warm_start_updates=0), n_agents=3, k=2)
+    returns = [np.array([[5.0, 3.0, 0.0]]), np.array([[2.0, 2.5, 0.0]])]  # 1 is idle after the greedy step
+    assigner.hard_assignment = np.array([0, 0, 1])
+    _rollout(assigner, returns)
+    assert assigner.assignment().tolist() == [0, 0, 1]  # deployed: each agent's best
+    assert assigner.weights().argmax(dim=1).tolist() == [0, 1, 1]  # trained: 1 learns agent 1
+    assert assigner.n_revived == 1
+
+
+def test_revive_idle_is_saved_and_old_saves_keep_the_greedy_e_step() -> None:
+    import pickle
+
+    for revive_idle in (False, True):
+        assigner = _bound(EMAssigner(revive_idle=revive_idle), n_agents=4, k=2)
+        assigner.model = None  # type: ignore[assignment]
+        assert pickle.loads(pickle.dumps(assigner)).revive_idle is revive_idle
+    state = EMAssigner().__getstate__()
+    del state["revive_idle"]  # saved before the option existed
+    old = EMAssigner.__new__(EMAssigner)
+    old.__setstate__(state)
+    assert old.revive_idle is False
 
 
 def _bound(assigner: EMAssigner, n_agents: int, k: int) -> EMAssigner:

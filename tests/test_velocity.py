@@ -214,3 +214,9 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
     assert cell["served"] == [4, 4]
     with pytest.raises(ValueError, match="one em_e_step"):
         benchmark.merge([run("c", 2, revived), run("d", 3, {})], out)
+
+
+def test_interval_breaks_of_no_agents_is_zero() -> None:
+    from conftest import load_benchmark
+
+    assert load_benchmark("mujoco_velocity").interval_breaks(np.array([]), np.array([], dtype=int)) == 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sb3_rmdp.assigners.base import Assigner
+from sb3_rmdp.assigners.base import Assigner, one_hot
 
 
 def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) -> np.ndarray:
-    """Greedy re-assignment that never leaves a representative without agents, or idle.
+    """Greedy re-assignment that never leaves a representative without agents.
 
     Every agent moves to its best representative ``argmax_j table[i, j]`` (staying put on ties).
     Should a representative be left empty, one of the agents it served before is pinned back to it:
@@ -18,8 +18,8 @@ def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) 
 
     With ``revive_idle``, :func:`revive_idle_representatives` then gives every *idle* representative
     (all its agents are indifferent between representatives, e.g. no representative has earned them
-    any reward yet) the agent it nearly serves best. Only idle representatives change anything, so on a
-    table without indifferent agents the result is the one above.
+    any reward yet) the agent it nearly serves best, where one can be spared. Only idle representatives
+    change anything, so on a table without indifferent agents the result is the one above.
 
     :param table: agent returns ``(n_agents, k)``.
     :param assignment: current hard assignment ``(n_agents,)`` with every representative non-empty.
@@ -46,17 +46,24 @@ def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) 
         pinned[agent] = True
 
 
+def _tolerance(table: np.ndarray) -> np.ndarray:
+    """``(n_agents,)``: differences of returns below this are rounding, relative to the row's size."""
+    return 1e-12 * np.maximum(1.0, np.abs(table).max(axis=1))
+
+
 def indifferent_agents(table: np.ndarray) -> np.ndarray:
     """Agents whose estimated return is the same under every representative, ``(n_agents,)`` bool.
 
     Such an agent changes no welfare wherever it goes, and gives its representative nothing to learn
-    from: with sparse rewards, an agent no representative has yet earned any reward for.
+    from: with sparse rewards, an agent no representative has yet earned any reward for. Rows with a
+    non-finite entry count as indifferent (nothing can be read from them).
 
     :param table: agent returns ``(n_agents, k)``.
     """
     table = np.asarray(table, dtype=np.float64)
-    spread = table.max(axis=1) - table.min(axis=1)
-    return spread <= 1e-12 * np.maximum(1.0, np.abs(table).max(axis=1))
+    with np.errstate(invalid="ignore"):
+        spread = table.max(axis=1) - table.min(axis=1)
+        return ~(spread > _tolerance(table))
 
 
 def revive_idle_representatives(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
@@ -66,13 +73,18 @@ def revive_idle_representatives(table: np.ndarray, assignment: np.ndarray) -> np
     its M-step then has no reward signal, and with a greedy E-step it would stay idle for good (every
     agent it could learn to serve is served a little better elsewhere). The paper gives an *empty*
     representative an agent before the M-step (Appendix A, "we may assign a random agent to this
-    representative"); an idle one is empty in all but name. It gets the agent ``i`` with the smallest
-    loss ``table[i, a_i] - table[i, j]`` among the agents it earns more than their worst representative
-    does, taken only from representatives that keep another non-indifferent agent, so no representative
-    is made idle or empty. An idle representative that earns no such agent anything stays as it is.
+    representative"); an idle one is empty in all but name.
+
+    Indifferent agents get the same return everywhere; the lowest such return is the *floor* (0 with
+    sparse rewards: what an agent gets when nobody reaches it). An idle representative j *earns* agent i
+    something when ``table[i, j]`` is above the floor. It gets the agent with the smallest loss
+    ``table[i, a_i] - table[i, j]`` among the informative agents it earns something, taken only from a
+    representative that keeps another informative agent, so no representative is made idle or empty.
+    An idle representative that earns no such agent anything stays as it is.
 
     This is the only step that may lower the welfare of ``table`` (by the losses of the moved agents,
     at most one per idle representative): the price of an M-step with something to learn.
+    :class:`EMAssigner` therefore trains on the revived assignment but deploys the greedy one.
 
     :param table: agent returns ``(n_agents, k)``.
     :param assignment: hard assignment ``(n_agents,)``.
@@ -80,21 +92,24 @@ def revive_idle_representatives(table: np.ndarray, assignment: np.ndarray) -> np
     """
     table = np.asarray(table, dtype=np.float64)
     new = np.array(assignment, dtype=np.int64)
-    n_agents, k = table.shape
-    informative = ~indifferent_agents(table)
-    earns = table > table.min(axis=1, keepdims=True)  # (n_agents, k): j beats i's worst representative
-    moved = np.zeros(n_agents, dtype=bool)
+    k = table.shape[1]
+    indifferent = indifferent_agents(table)
+    finite = np.isfinite(table).all(axis=1)
+    if not np.any(indifferent & finite):
+        return new  # no idle representative without indifferent agents (empty ones are the E-step's)
+    informative = ~indifferent
+    floor = table[indifferent & finite].min()
+    earns = table - floor > _tolerance(table)[:, None]  # (n_agents, k)
     for j in range(k):
         counts = np.bincount(new[informative], minlength=k)
         if counts[j] > 0:
             continue
-        candidates = np.flatnonzero(informative & earns[:, j] & ~moved & (counts[new] > 1))
+        # A moved agent is its new representative's only informative one, so the count guards it too.
+        candidates = np.flatnonzero(informative & earns[:, j] & (counts[new] > 1))
         if candidates.size == 0:
             continue
         loss = table[candidates, new[candidates]] - table[candidates, j]
-        agent = int(candidates[np.argmin(loss)])
-        new[agent] = j
-        moved[agent] = True
+        new[int(candidates[np.argmin(loss)])] = j
     return new
 
 
@@ -116,9 +131,10 @@ class EMAssigner(Assigner):
     :param warm_start_updates: PPO updates under the initial assignment before the first E-step.
     :param max_warm_start_fraction: cap of the warm start, as a fraction of the planned updates.
     :param initial_assignment: ``(n_agents,)``; default round-robin, agent i -> representative i % k.
-    :param revive_idle: after each E-step, give every idle representative (all its agents indifferent:
-        with sparse rewards, agents nobody earns anything for yet) the agent it nearly serves best; see
-        :func:`revive_idle_representatives`. ``False`` is the plain greedy E-step.
+    :param revive_idle: after each E-step, train every idle representative (all its agents indifferent:
+        with sparse rewards, agents nobody earns anything for yet) on the agent it nearly serves best as
+        well; see :func:`revive_idle_representatives`. The deployed assignment stays the greedy one.
+        ``False`` trains on the plain greedy E-step.
     :param seed: unused (EM is deterministic); accepted for a uniform assigner API.
     :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
@@ -161,6 +177,8 @@ class EMAssigner(Assigner):
         self.q_table = np.zeros((self.n_agents, self.k), dtype=np.float64)
         self.observed = np.zeros(self.k, dtype=bool)
         self.n_e_steps = 0
+        #: idle representatives given an agent to train on at the last E-step
+        self.n_revived = 0
 
     def assignment(self) -> np.ndarray:
         return self.hard_assignment.copy()
@@ -195,8 +213,18 @@ class EMAssigner(Assigner):
             self.warm_start_updates if self.effective_warm_start is None else self.effective_warm_start
         )
         if self.n_rollouts > warm_start and self.observed.all():
-            self._set_hard_assignment(e_step(self.q_table, self.hard_assignment, self.revive_idle))
+            greedy = e_step(self.q_table, self.hard_assignment, revive_idle=False)
+            self._set_hard_assignment(greedy)  # what is deployed
+            if self.revive_idle:
+                trained = revive_idle_representatives(self.q_table, greedy)
+                self.n_revived = int(np.count_nonzero(trained != greedy))
+                if self.n_revived:
+                    self._set_weights(one_hot(trained, self.k, self.device))
             self.n_e_steps += 1
+
+    def _log(self) -> None:
+        super()._log()
+        self.logger.record("assignment/revived", getattr(self, "n_revived", 0))
 
 
 def _check_hard_assignment(assignment: np.ndarray, n_agents: int, k: int) -> np.ndarray:
