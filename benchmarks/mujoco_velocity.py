@@ -15,7 +15,11 @@ At k = 1 every assigner gives the one representative every agent (tested in
 the k = 1 cell is trained once per seed and its row is reported for every algorithm, marked in the
 ``shared_with`` column.
 
-What fits 2 cores in a session (the committed results: two runs, merged)::
+EM revives idle representatives by default (``EMAssigner(revive_idle=True)``, recorded in the
+``em_e_step`` column); the runs committed before that option used the plain greedy E-step: add
+``--no-revive-idle`` to reproduce their EM rows.
+
+What fits 2 cores in a session (the first committed results: two runs, merged)::
 
     python benchmarks/mujoco_velocity.py --envs HalfCheetah --ks 1 2 5 --seeds 0 1 2 \\
         --budget-per-representative 100000 --n-jobs 2 --out-dir RUN1

@@ -26,6 +26,7 @@ SCALARS = (
     "assignment/changes",
     "assignment/smallest",
     "assignment/largest",
+    "assignment/revived",  # EM's (this test's assigner)
     "rollout/ep_rew_mean",
     "rollout/ep_len_mean",
     "train/loss",
