@@ -47,7 +47,7 @@ from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, RetryHeart
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 from sb3_rmdp.assigners import ASSIGNERS
 from sb3_rmdp.envs import make_rmdp_vec_env
@@ -201,6 +201,7 @@ class TrialEvalCallback(BaseCallback):
         :return: the utilitarian welfare (possibly not finite: see :attr:`diverged`).
         """
         assert isinstance(self.model, RMDPPPO)
+        sync_envs_normalization(self.training_env, self.eval_env)  # VecNormalize's statistics, if any
         table = evaluate_agent_returns(self.model, self.eval_env, self.n_eval_episodes)
         assignment = self.model.assignment()
         welfare = utilitarian_welfare(table, assignment)
@@ -248,6 +249,7 @@ def make_objective(
     assigner_kwargs: dict[str, Any] | None = None,
     device: str = "auto",
     sample_params: SampleParams = sample_rmdp_params,
+    normalize_observations: bool = False,
 ) -> Callable[[Trial], float]:
     """The objective of a study: train one ``RMDPPPO``, return the evaluated welfare of its assignment.
 
@@ -264,6 +266,8 @@ def make_objective(
     :param env_kwargs: fixed keyword arguments of the env (the search space may add to them).
     :param assigner_kwargs: fixed keyword arguments of the assigner; they override sampled ones.
     :param sample_params: the search space, see :func:`sample_rmdp_params`.
+    :param normalize_observations: train on SB3's ``VecNormalize`` (observations only, as rl-zoo does for
+        MuJoCo); every evaluation reads the training statistics, frozen.
     """
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations={n_evaluations}: evaluate at least once (the trial's value).")
@@ -291,8 +295,22 @@ def make_objective(
         trial.set_user_attr(
             "hyperparams", {**hyperparams, "assigner_kwargs": params.get("assigner_kwargs", {})}
         )
-        model = RMDPPPO("MlpPolicy", env_id, seed=seed, device=device, **kwargs)
+        if normalize_observations:
+            train_env = make_rmdp_vec_env(
+                env_id, n_envs=kwargs.pop("n_envs", None) or k, seed=seed, env_kwargs=kwargs.get("env_kwargs")
+            )
+            model = RMDPPPO(
+                "MlpPolicy",
+                VecNormalize(train_env, norm_obs=True, norm_reward=False),
+                seed=seed,
+                device=device,
+                **{key: value for key, value in kwargs.items() if key != "env_kwargs"},
+            )
+        else:
+            model = RMDPPPO("MlpPolicy", env_id, seed=seed, device=device, **kwargs)
         eval_env = make_rmdp_vec_env(env_id, n_envs=1, seed=seed, env_kwargs=kwargs.get("env_kwargs"))
+        if normalize_observations:
+            eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
         callback = TrialEvalCallback(
             trial, eval_env, n_timesteps // n_evaluations, n_evaluations, n_eval_episodes
         )
@@ -516,6 +534,7 @@ def tune(
     heartbeat_interval: int = 60,
     grace_period: int | None = None,
     max_retry: int | None = 3,
+    normalize_observations: bool = False,
 ) -> optuna.Study:
     """Tune ``RMDPPPO`` on ``env_id`` with policy budget ``k``: run trials until the study has ``n_trials``.
 
@@ -534,6 +553,8 @@ def tune(
         "n_timesteps": n_timesteps,
         "n_evaluations": n_evaluations,
     }
+    if normalize_observations:  # (only then: studies created before the option keep their settings)
+        settings["normalize_observations"] = True
     study = create_study(
         storage,
         study_name or default_study_name(env_id, k, assigner),
@@ -554,6 +575,7 @@ def tune(
         assigner_kwargs=assigner_kwargs,
         device=device,
         sample_params=sample_params,
+        normalize_observations=normalize_observations,
     )
     # Polling is a read while others run the last trials; a dead worker is only seen after the grace period.
     poll_interval = (
@@ -577,6 +599,8 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
         "trial": trial.number,
         "study_name": study.study_name,
         "hyperparams": trial.user_attrs["hyperparams"],
+        # train the tuned model on VecNormalize(env, norm_obs=True, norm_reward=False) too
+        "normalize_observations": bool(study.user_attrs.get("normalize_observations", False)),
     }
 
 
@@ -632,6 +656,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--env-kwargs", **kv, help="keyword arguments of the env, e.g. reward_scale=0.01")  # type: ignore[arg-type]
     add("--assigner-kwargs", **kv, help="fixed (not tuned) assigner settings, e.g. epsilon=0.2")  # type: ignore[arg-type]
     add("--device", default="auto", help="torch device of the models (default: auto)")
+    add(
+        "--normalize-observations",
+        action="store_true",
+        help="train on SB3's VecNormalize (observations only; e.g. MuJoCo velocity populations)",
+    )
     add("--search-space", default=None, help="module:function replacing sample_rmdp_params(trial, assigner)")
     add("--heartbeat-interval", type=int, default=60, help="seconds between a running trial's heartbeats")
     add("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is dead")
@@ -693,6 +722,7 @@ def tune_main(argv: list[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat_interval,
             grace_period=args.grace_period,
             max_retry=args.max_retry,
+            normalize_observations=args.normalize_observations,
         )
     except KeyboardInterrupt:
         print("Interrupted: the study keeps its finished trials; run the command again to resume.")

@@ -267,3 +267,32 @@ def test_key_value_options() -> None:
     }
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         _key_values(["reward_scale"], "--env-kwargs")
+
+
+def test_normalized_observations_train_on_vec_normalize_and_evaluate_with_its_statistics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--normalize-observations``: trials train on ``VecNormalize``; each evaluation reads the training
+    statistics, frozen; the best-parameters file says to normalize."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    import sb3_rmdp.tuning as tuning
+
+    seen: list[tuple[bool, bool]] = []
+    evaluate = tuning.evaluate_agent_returns
+
+    def spy(model: RMDPPPO, env: Any, n_episodes: int) -> np.ndarray:
+        train_env = model.get_env()
+        assert isinstance(train_env, VecNormalize) and isinstance(env, VecNormalize)
+        seen.append((env.training, np.array_equal(env.obs_rms.mean, train_env.obs_rms.mean)))
+        return evaluate(model, env, n_episodes)
+
+    monkeypatch.setattr(tuning, "evaluate_agent_returns", spy)
+    study = tune(
+        "sb3_rmdp/HalfCheetahVelocity-v0", 2, n_trials=1, n_timesteps=256, n_evaluations=2, n_eval_episodes=1,
+        storage=None, sample_params=tiny_search_space, device="cpu", env_kwargs={"n_agents": 3},
+        normalize_observations=True,
+    )  # fmt: skip
+    assert seen == [(False, True), (False, True)]  # frozen, and synced at both evaluations
+    assert study.user_attrs["normalize_observations"] is True
+    assert best_params(study)["normalize_observations"] is True
