@@ -339,12 +339,19 @@ def main() -> None:
         metavar="RUN",
         help="instead of training, combine runs of one env (their CSV paths, without suffix) into --out-dir",
     )
+    parser.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="with --merge: leave out the rows with this value, e.g. em_e_step=greedy",
+    )
     args = parser.parse_args()
     if args.rescore is not None:
         rescore(args.rescore)
         return
     if args.merge:
-        merge(args.merge, args.out_dir)
+        merge(args.merge, args.out_dir, args.exclude)
         return
 
     sizes = [(k, args.n_agents) for k in args.ks] + ([(50, 1000)] if args.large else [])
@@ -433,12 +440,15 @@ def write_env_results(rows: list[dict[str, Any]], env_name: str, out: Path, meta
     print(json.dumps(summary, indent=1))
 
 
-def merge(sources: list[Path], out_dir: Path) -> None:
+def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) -> None:
     """Combine the results CSVs of several runs of one env (e.g. more seeds at the same budget) into
     ``out_dir/mujoco_velocity_<env>``; the JSON lists each run's own sidecar (command, date, wall time).
 
+    :param exclude: ``COLUMN=VALUE`` filters: rows with that value are left out (e.g. ``em_e_step=greedy``
+        keeps a run's other algorithms but not its greedy EM rows).
     :raises ValueError: if the runs are of different envs, budgets, ``log_std_init`` or EM E-steps
-        (``em_e_step``; EM rows without it are the greedy E-step's), or share an (algorithm, k, n, seed).
+        (``em_e_step``; EM rows without it are the greedy E-step's), or share an (algorithm, k, n, seed),
+        or on a malformed filter.
     """
     rows: list[dict[str, Any]] = []
     runs = []
@@ -449,6 +459,11 @@ def merge(sources: list[Path], out_dir: Path) -> None:
     for row in rows:
         if row["algorithm"] == "em" and not row.get("em_e_step"):
             row["em_e_step"] = E_STEP_GREEDY  # written before the column existed
+    for condition in exclude or []:
+        column, equals, value = condition.partition("=")
+        if not equals or not column:
+            raise ValueError(f"--exclude {condition!r}: write COLUMN=VALUE, e.g. em_e_step=greedy.")
+        rows = [r for r in rows if str(r.get(column, "")) != value]
     cell = ("algorithm", "k", "n_agents", "seed")
     check_mergeable(rows, cell=cell, same=("env", "budget_per_representative", "log_std_init", "em_e_step"))
     add_interval_breaks(rows)

@@ -214,6 +214,12 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
     assert cell["served"] == [4, 4]
     with pytest.raises(ValueError, match="one em_e_step"):
         benchmark.merge([run("c", 2, revived), run("d", 3, {})], out)
+    # Leaving the greedy EM rows out pools the rest.
+    benchmark.merge([run("e", 2, revived), run("f", 3, {})], out, exclude=["em_e_step=greedy"])
+    summary = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())["summary_welfare_eval"]
+    assert summary["em/k=2/n=5"]["n"] == 1
+    with pytest.raises(ValueError, match="COLUMN=VALUE"):
+        benchmark.merge([run("g", 2, revived)], out, exclude=["em_e_step"])
 
 
 def test_interval_breaks_of_no_agents_is_zero() -> None:
