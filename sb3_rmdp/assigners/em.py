@@ -7,7 +7,7 @@ import numpy as np
 from sb3_rmdp.assigners.base import Assigner, one_hot
 
 
-def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) -> np.ndarray:
+def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
     """Greedy re-assignment that never leaves a representative without agents.
 
     Every agent moves to its best representative ``argmax_j table[i, j]`` (staying put on ties).
@@ -16,14 +16,11 @@ def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) 
     agent gets its best, so the welfare of ``table`` never decreases (the E-step of Theorem 2), and
     with no representative left empty the result is exactly the argmax.
 
-    With ``revive_idle``, :func:`revive_idle_representatives` then gives every *idle* representative
-    (all its agents are indifferent between representatives, e.g. no representative has earned them
-    any reward yet) the agent it nearly serves best, where one can be spared. Only idle representatives
-    change anything, so on a table without indifferent agents the result is the one above.
+    :class:`EMAssigner` deploys this assignment; with ``revive_idle`` it trains on
+    :func:`revive_idle_representatives` of it.
 
     :param table: agent returns ``(n_agents, k)``.
     :param assignment: current hard assignment ``(n_agents,)`` with every representative non-empty.
-    :param revive_idle: reassign to idle representatives (see :func:`revive_idle_representatives`).
     :return: new hard assignment ``(n_agents,)``.
     """
     table = np.asarray(table, dtype=np.float64)
@@ -36,7 +33,7 @@ def e_step(table: np.ndarray, assignment: np.ndarray, revive_idle: bool = True) 
         sizes = np.bincount(new, minlength=k)
         empty = np.flatnonzero(sizes == 0)
         if empty.size == 0:
-            return revive_idle_representatives(table, new) if revive_idle else new
+            return new
         j = int(empty[0])
         # Old members of j are all unpinned (a pinned agent sits at its old representative, and j is empty).
         members = np.flatnonzero((old == j) & ~pinned)
@@ -213,7 +210,7 @@ class EMAssigner(Assigner):
             self.warm_start_updates if self.effective_warm_start is None else self.effective_warm_start
         )
         if self.n_rollouts > warm_start and self.observed.all():
-            greedy = e_step(self.q_table, self.hard_assignment, revive_idle=False)
+            greedy = e_step(self.q_table, self.hard_assignment)
             self._set_hard_assignment(greedy)  # what is deployed
             if self.revive_idle:
                 trained = revive_idle_representatives(self.q_table, greedy)
