@@ -56,6 +56,7 @@ INT_COLUMNS = (
 )
 FLOAT_COLUMNS = (
     "log_std_init",
+    "end_to_end_lr",
     "welfare_eval",
     "welfare_train",
     "welfare_eval_reassigned",

@@ -222,6 +222,38 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
         benchmark.merge([run("g", 2, revived)], out, exclude=["em_e_step"])
 
 
+def test_benchmark_keeps_end_to_end_learning_rates_apart(tmp_path) -> None:
+    """End-to-end rows without ``end_to_end_lr`` used the paper's 2e-3 and never pool with other rates."""
+    import json
+
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("mujoco_velocity")
+
+    def run(name: str, seed: int, extra: dict[str, object]) -> object:
+        row = {
+            "env": "HalfCheetah", "algorithm": "end_to_end", "k": 2, "n_agents": 2, "seed": seed,
+            "budget_per_representative": 1000, "welfare_eval": 3.0, "welfare_train": 1.0,
+            "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
+            "fraction_of_bound": 0.15, "assignment": "0 1", "targets": "0.2 3.5", **extra,
+        }  # fmt: skip
+        path = tmp_path / name
+        benchmark.write_csv([row], benchmark.result_path(path, ".csv"))
+        benchmark.result_path(path, ".json").write_text(json.dumps({"command": name, "wall_s": 1.0}))
+        return path
+
+    out = tmp_path / "merged"
+    faster = {"end_to_end_lr": 0.05}
+    with pytest.raises(ValueError, match="one end_to_end_lr"):
+        benchmark.merge([run("a", 0, faster), run("b", 1, {})], out)
+    with pytest.raises(ValueError, match="one end_to_end_lr"):
+        benchmark.merge([run("c", 0, faster), run("d", 1, {"end_to_end_lr": 0.002})], out)
+    runs = [run("e", 0, faster), run("f", 1, {}), run("g", 2, faster)]
+    benchmark.merge(runs, out, exclude=["end_to_end_lr=0.002"])
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_lr"]) for r in rows] == [(0, 0.05), (2, 0.05)]
+
+
 def test_interval_breaks_of_no_agents_is_zero() -> None:
     from conftest import load_benchmark
 
