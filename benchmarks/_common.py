@@ -57,6 +57,7 @@ INT_COLUMNS = (
 FLOAT_COLUMNS = (
     "log_std_init",
     "end_to_end_lr",
+    "end_to_end_init_scale",
     "welfare_eval",
     "welfare_train",
     "welfare_eval_reassigned",

@@ -69,9 +69,14 @@ HISTOGRAM_K = 5
 #: ``em_e_step`` of EM rows: idle representatives revived (the default) or the plain greedy E-step (the
 #: runs committed before the option, whose rows have no ``em_e_step`` column).
 E_STEP_REVIVE, E_STEP_GREEDY = "revive_idle", "greedy"
-#: learning rate of the end-to-end logits: the paper's 2e-3 (the runs committed before the option, whose
-#: rows have no ``end_to_end_lr`` column, used it)
+#: learning rate and initial scale of the end-to-end logits: the paper's 2e-3 and the reference code's
+#: ``randn`` (the runs committed before the options, whose rows have no such columns, used them)
 PAPER_END_TO_END_LR = 2e-3
+PAPER_END_TO_END_INIT_SCALE = 1.0
+END_TO_END_DEFAULTS = {
+    "end_to_end_lr": PAPER_END_TO_END_LR,
+    "end_to_end_init_scale": PAPER_END_TO_END_INIT_SCALE,
+}
 
 
 def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
@@ -98,7 +103,12 @@ def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
 
 
 def make_assigner(
-    algorithm: str, seed: int, b: float, revive_idle: bool = True, end_to_end_lr: float = PAPER_END_TO_END_LR
+    algorithm: str,
+    seed: int,
+    b: float,
+    revive_idle: bool = True,
+    end_to_end_lr: float = PAPER_END_TO_END_LR,
+    end_to_end_init_scale: float = PAPER_END_TO_END_INIT_SCALE,
 ) -> Any:
     from sb3_rmdp.assigners import (
         EMAssigner,
@@ -111,7 +121,7 @@ def make_assigner(
     if algorithm == "em":
         return EMAssigner(mixing=0.05, warm_start_updates=10, revive_idle=revive_idle)
     if algorithm == "end_to_end":
-        return EndToEndAssigner(lr=end_to_end_lr, seed=seed)
+        return EndToEndAssigner(lr=end_to_end_lr, init_scale=end_to_end_init_scale, seed=seed)
     if algorithm == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
     if algorithm == "random":
@@ -131,6 +141,7 @@ def run_cell(
     log_std_init: float = 0.0,
     revive_idle: bool = True,
     end_to_end_lr: float = PAPER_END_TO_END_LR,
+    end_to_end_init_scale: float = PAPER_END_TO_END_INIT_SCALE,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns its CSV row."""
     import numpy as np
@@ -152,7 +163,7 @@ def run_cell(
         norm_obs=True,
         norm_reward=False,
     )
-    assigner = make_assigner(algorithm, seed, b, revive_idle, end_to_end_lr)
+    assigner = make_assigner(algorithm, seed, b, revive_idle, end_to_end_lr, end_to_end_init_scale)
     model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=assigner, **ppo_kwargs(log_std_init))
     model.learn(budget * k)
     wall = time.perf_counter() - start
@@ -182,6 +193,7 @@ def run_cell(
         "log_std_init": log_std_init,
         "em_e_step": (E_STEP_REVIVE if revive_idle else E_STEP_GREEDY) if algorithm == "em" else "",
         "end_to_end_lr": end_to_end_lr if algorithm == "end_to_end" else "",
+        "end_to_end_init_scale": end_to_end_init_scale if algorithm == "end_to_end" else "",
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -342,6 +354,12 @@ def main() -> None:
         help="Adam learning rate of the end-to-end assignment logits (the paper's 2e-3; see the docs for "
         "scaling it to shorter runs and larger minibatches)",
     )
+    parser.add_argument(
+        "--end-to-end-init-scale",
+        type=float,
+        default=PAPER_END_TO_END_INIT_SCALE,
+        help="standard deviation of the initial end-to-end logits (the reference code's 1)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--rescore", type=Path, default=None, help="add interval_breaks to a results CSV, redraw, stop"
@@ -386,6 +404,7 @@ def main() -> None:
                 args.log_std_init,
                 args.revive_idle,
                 args.end_to_end_lr,
+                args.end_to_end_init_scale,
             )
             for cell in cells
         ]
@@ -416,6 +435,7 @@ def main() -> None:
             "ppo": {k: str(v) for k, v in ppo_kwargs(args.log_std_init).items()},
             "em_e_step": E_STEP_REVIVE if args.revive_idle else E_STEP_GREEDY,
             "end_to_end_lr": args.end_to_end_lr,
+            "end_to_end_init_scale": args.end_to_end_init_scale,
             "n_jobs": args.n_jobs,
             "torch_threads_per_worker": 1,
             "wall_s": round(time.time() - started, 1),
@@ -470,7 +490,8 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         keeps a run's other algorithms but not its greedy EM rows).
     :raises ValueError: if the runs are of different envs, budgets, ``log_std_init``, EM E-steps
         (``em_e_step``; EM rows without it are the greedy E-step's) or end-to-end learning rates
-        (``end_to_end_lr``; rows without it used the paper's 2e-3), or share an (algorithm, k, n, seed),
+        (``end_to_end_lr``; rows without it used the paper's 2e-3) or initial logit scales
+        (``end_to_end_init_scale``; rows without it used 1), or share an (algorithm, k, n, seed),
         or on a malformed filter.
     """
     rows: list[dict[str, Any]] = []
@@ -482,15 +503,16 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
     for row in rows:
         if row["algorithm"] == "em" and not row.get("em_e_step"):
             row["em_e_step"] = E_STEP_GREEDY  # written before the column existed
-        if row["algorithm"] == "end_to_end" and row.get("end_to_end_lr") in (None, ""):
-            row["end_to_end_lr"] = PAPER_END_TO_END_LR  # written before the column existed
+        for column, default in END_TO_END_DEFAULTS.items():
+            if row["algorithm"] == "end_to_end" and row.get(column) in (None, ""):
+                row[column] = default  # written before the column existed
     for condition in exclude or []:
         column, equals, value = condition.partition("=")
         if not equals or not column:
             raise ValueError(f"--exclude {condition!r}: write COLUMN=VALUE, e.g. em_e_step=greedy.")
         rows = [r for r in rows if str(r.get(column, "")) != value]
     cell = ("algorithm", "k", "n_agents", "seed")
-    same = ("env", "budget_per_representative", "log_std_init", "em_e_step", "end_to_end_lr")
+    same = ("env", "budget_per_representative", "log_std_init", "em_e_step", *END_TO_END_DEFAULTS)
     check_mergeable(rows, cell=cell, same=same)
     add_interval_breaks(rows)
     rows.sort(key=lambda r: (ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))

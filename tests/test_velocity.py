@@ -222,7 +222,7 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
         benchmark.merge([run("g", 2, revived)], out, exclude=["em_e_step"])
 
 
-def test_benchmark_keeps_end_to_end_learning_rates_apart(tmp_path) -> None:
+def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     """End-to-end rows without ``end_to_end_lr`` used the paper's 2e-3 and never pool with other rates."""
     import json
 
@@ -252,6 +252,17 @@ def test_benchmark_keeps_end_to_end_learning_rates_apart(tmp_path) -> None:
     benchmark.merge(runs, out, exclude=["end_to_end_lr=0.002"])
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_lr"]) for r in rows] == [(0, 0.05), (2, 0.05)]
+    # Likewise the initial scale of the logits (rows without it: 1).
+    wider = {"end_to_end_init_scale": 3.0}
+    with pytest.raises(ValueError, match="one end_to_end_init_scale"):
+        benchmark.merge([run("h", 0, wider), run("i", 1, {})], out)
+    benchmark.merge(
+        [run("j", 0, wider), run("k", 1, {"end_to_end_init_scale": 1.0}), run("l", 2, wider)],
+        out,
+        exclude=["end_to_end_init_scale=1.0"],
+    )
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_init_scale"]) for r in rows] == [(0, 3.0), (2, 3.0)]
 
 
 def test_interval_breaks_of_no_agents_is_zero() -> None:
