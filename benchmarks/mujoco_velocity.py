@@ -17,7 +17,9 @@ the k = 1 cell is trained once per seed and its row is reported for every algori
 
 EM revives idle representatives by default (``EMAssigner(revive_idle=True)``, recorded in the
 ``em_e_step`` column); the runs committed before that option used the plain greedy E-step: add
-``--no-revive-idle`` to reproduce their EM rows.
+``--no-revive-idle`` to reproduce their EM rows. End-to-end's logits take the paper's settings
+unless ``--end-to-end-lr``, ``--end-to-end-init-scale`` or ``--end-to-end-gradient-statistics`` say
+otherwise (recorded in the ``end_to_end_*`` columns; ``--merge`` never pools different settings).
 
 What fits 2 cores in a session (the first committed results: two runs, merged)::
 
@@ -62,6 +64,8 @@ from _common import (
 )
 from throughput import machine, versions
 
+from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ("em", "end_to_end", "kmeans", "random", "oracle")
 ENVS = ("HalfCheetah", "Ant", "Hopper", "Walker2d")
@@ -70,12 +74,14 @@ HISTOGRAM_K = 5
 #: runs committed before the option, whose rows have no ``em_e_step`` column).
 E_STEP_REVIVE, E_STEP_GREEDY = "revive_idle", "greedy"
 #: learning rate and initial scale of the end-to-end logits: the paper's 2e-3 and the reference code's
-#: ``randn`` (the runs committed before the options, whose rows have no such columns, used them)
+#: ``randn``; the normalization statistics their gradient flows through: the mean (the runs committed
+#: before the options, whose rows have no such columns, used these)
 PAPER_END_TO_END_LR = 2e-3
 PAPER_END_TO_END_INIT_SCALE = 1.0
-END_TO_END_DEFAULTS = {
+END_TO_END_DEFAULTS: dict[str, Any] = {
     "end_to_end_lr": PAPER_END_TO_END_LR,
     "end_to_end_init_scale": PAPER_END_TO_END_INIT_SCALE,
+    "end_to_end_gradient_statistics": "mean",
 }
 
 
@@ -107,9 +113,9 @@ def make_assigner(
     seed: int,
     b: float,
     revive_idle: bool = True,
-    end_to_end_lr: float = PAPER_END_TO_END_LR,
-    end_to_end_init_scale: float = PAPER_END_TO_END_INIT_SCALE,
+    end_to_end: dict[str, Any] | None = None,
 ) -> Any:
+    """The cell's assigner; ``end_to_end`` overrides :data:`END_TO_END_DEFAULTS` (keys: their columns)."""
     from sb3_rmdp.assigners import (
         EMAssigner,
         EndToEndAssigner,
@@ -121,7 +127,13 @@ def make_assigner(
     if algorithm == "em":
         return EMAssigner(mixing=0.05, warm_start_updates=10, revive_idle=revive_idle)
     if algorithm == "end_to_end":
-        return EndToEndAssigner(lr=end_to_end_lr, init_scale=end_to_end_init_scale, seed=seed)
+        settings = {**END_TO_END_DEFAULTS, **(end_to_end or {})}
+        return EndToEndAssigner(
+            lr=settings["end_to_end_lr"],
+            init_scale=settings["end_to_end_init_scale"],
+            gradient_statistics=settings["end_to_end_gradient_statistics"],
+            seed=seed,
+        )
     if algorithm == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
     if algorithm == "random":
@@ -140,10 +152,9 @@ def run_cell(
     budget: int,
     log_std_init: float = 0.0,
     revive_idle: bool = True,
-    end_to_end_lr: float = PAPER_END_TO_END_LR,
-    end_to_end_init_scale: float = PAPER_END_TO_END_INIT_SCALE,
+    end_to_end: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one cell; returns its CSV row."""
+    """Train and evaluate one cell; returns its CSV row (``end_to_end``: see :func:`make_assigner`)."""
     import numpy as np
     import torch as th
     from stable_baselines3.common.vec_env import VecNormalize
@@ -163,7 +174,8 @@ def run_cell(
         norm_obs=True,
         norm_reward=False,
     )
-    assigner = make_assigner(algorithm, seed, b, revive_idle, end_to_end_lr, end_to_end_init_scale)
+    assigner = make_assigner(algorithm, seed, b, revive_idle, end_to_end)
+    end_to_end_settings = {**END_TO_END_DEFAULTS, **(end_to_end or {})}
     model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=assigner, **ppo_kwargs(log_std_init))
     model.learn(budget * k)
     wall = time.perf_counter() - start
@@ -192,8 +204,7 @@ def run_cell(
         "budget_per_representative": budget,
         "log_std_init": log_std_init,
         "em_e_step": (E_STEP_REVIVE if revive_idle else E_STEP_GREEDY) if algorithm == "em" else "",
-        "end_to_end_lr": end_to_end_lr if algorithm == "end_to_end" else "",
-        "end_to_end_init_scale": end_to_end_init_scale if algorithm == "end_to_end" else "",
+        **{c: v if algorithm == "end_to_end" else "" for c, v in end_to_end_settings.items()},
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -360,6 +371,13 @@ def main() -> None:
         default=PAPER_END_TO_END_INIT_SCALE,
         help="standard deviation of the initial end-to-end logits (the reference code's 1)",
     )
+    parser.add_argument(
+        "--end-to-end-gradient-statistics",
+        choices=GRADIENT_STATISTICS,
+        default=END_TO_END_DEFAULTS["end_to_end_gradient_statistics"],
+        help="the per-representative normalization statistics the logits' gradient flows through "
+        "('both': the reference code's; see sb3_rmdp.ppo.normalize_per_representative)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--rescore", type=Path, default=None, help="add interval_breaks to a results CSV, redraw, stop"
@@ -393,6 +411,7 @@ def main() -> None:
             algorithms = args.algorithms[:1] if (k == 1 and args.share_k1) else args.algorithms
             cells += [(env_name, a, k, n, s) for a in algorithms for s in args.seeds]
     cells.sort(key=lambda c: -c[2] * c[3] ** 0.5)  # biggest first: no long straggler at the end
+    end_to_end = {column: getattr(args, column) for column in END_TO_END_DEFAULTS}
     started = time.time()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
@@ -403,8 +422,7 @@ def main() -> None:
                 args.budget_per_representative,
                 args.log_std_init,
                 args.revive_idle,
-                args.end_to_end_lr,
-                args.end_to_end_init_scale,
+                end_to_end,
             )
             for cell in cells
         ]
@@ -434,8 +452,7 @@ def main() -> None:
             "budget_per_representative": args.budget_per_representative,
             "ppo": {k: str(v) for k, v in ppo_kwargs(args.log_std_init).items()},
             "em_e_step": E_STEP_REVIVE if args.revive_idle else E_STEP_GREEDY,
-            "end_to_end_lr": args.end_to_end_lr,
-            "end_to_end_init_scale": args.end_to_end_init_scale,
+            **end_to_end,
             "n_jobs": args.n_jobs,
             "torch_threads_per_worker": 1,
             "wall_s": round(time.time() - started, 1),
@@ -490,9 +507,10 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         keeps a run's other algorithms but not its greedy EM rows).
     :raises ValueError: if the runs are of different envs, budgets, ``log_std_init``, EM E-steps
         (``em_e_step``; EM rows without it are the greedy E-step's) or end-to-end learning rates
-        (``end_to_end_lr``; rows without it used the paper's 2e-3) or initial logit scales
-        (``end_to_end_init_scale``; rows without it used 1), or share an (algorithm, k, n, seed),
-        or on a malformed filter.
+        (``end_to_end_lr``; rows without it used the paper's 2e-3), initial logit scales
+        (``end_to_end_init_scale``; rows without it used 1) or gradient statistics
+        (``end_to_end_gradient_statistics``; rows without it used ``"mean"``), or share an
+        (algorithm, k, n, seed), or on a malformed filter.
     """
     rows: list[dict[str, Any]] = []
     runs = []

@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_rmdp.assigners import Assigner, make_assigner
+from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
@@ -29,36 +30,56 @@ from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
 SelfRMDPPPO = TypeVar("SelfRMDPPPO", bound="RMDPPPO")
 
 
-def normalize_per_representative(advantages: th.Tensor, representatives: th.Tensor, k: int) -> th.Tensor:
+def normalize_per_representative(
+    advantages: th.Tensor, representatives: th.Tensor, k: int, differentiate: str = "mean"
+) -> th.Tensor:
     """Normalize advantages to zero mean and unit std within each representative's samples.
 
     Each representative then contributes equally to the shared trunk, whatever its agents' reward
     scale. A representative with a single sample in the minibatch gets advantage 0 (nothing to
     normalize against).
 
-    The values are SB3's normalization, per representative. For a learned assignment (eq. 12) the
-    mean is part of the graph and the std is a constant: ``d loss / d alpha[i, j]`` is then
-    ``-sum_{t in j} (c_t - mean_j(c)) A^{ij}_t / std_j``, with ``c_t`` the clipped-surrogate factor
-    (the ratio where unclipped). That is, an agent's weight on j grows when j's policy update favours
-    the actions that are good *for that agent*. Without the mean in the graph, the per-agent sum of
-    advantages (critic lag and noise, about zero for every j) dominates; with the std in the graph too
-    (the reference code), the surrogate's own size pushes back. Measured on Resource Gathering
-    (end-to-end, 50k steps per representative, seeds 0-2, deployed welfare): k=3 86.08/87.60/81.36
-    against 82.56/84.64/79.84 with constant statistics; k=10 89.04/89.84/89.60 against
-    89.76/86.64/86.32.
+    The values are SB3's normalization, per representative, whatever ``differentiate``; it only
+    decides which statistics a learned assignment's gradient (eq. 12) flows through.
+
+    * ``"mean"`` (the default): the mean is part of the graph and the std is a constant.
+      ``d loss / d alpha[i, j]`` is then ``-sum_{t in j} (c_t - mean_j(c)) A^{ij}_t / std_j``, with
+      ``c_t`` the clipped-surrogate factor (the ratio where unclipped). That is, an agent's weight on j
+      grows when j's policy update favours the actions that are good *for that agent*.
+    * ``"none"``: both are constants. The per-agent sum of advantages (critic lag and noise, about zero
+      for every j) then dominates the gradient.
+    * ``"both"``: the std is differentiated too, as in the paper's reference code; the surrogate's own
+      size then pushes back.
+
+    Measured on Resource Gathering (end-to-end, 50k steps per representative, seeds 0-2, deployed
+    welfare): k=3 86.08/87.60/81.36 with ``"mean"`` against 82.56/84.64/79.84 with ``"none"``; k=10
+    89.04/89.84/89.60 against 89.76/86.64/86.32. On HalfCheetah velocity see the benchmarks page.
 
     :param advantages: ``(batch,)`` marginal advantages.
     :param representatives: ``(batch,)`` long.
+    :param differentiate: one of :data:`sb3_rmdp.assigners.end_to_end.GRADIENT_STATISTICS`.
     :return: ``(batch,)``.
     """
+    if differentiate not in GRADIENT_STATISTICS:
+        raise ValueError(
+            f"differentiate={differentiate!r}: choose one of {GRADIENT_STATISTICS} (the statistics the "
+            "assignment's gradient flows through)."
+        )
     with th.no_grad():
         counts = th.bincount(representatives, minlength=k).to(advantages.dtype)
     sums = th.zeros(k, dtype=advantages.dtype, device=advantages.device)
-    mean = sums.index_add(0, representatives, advantages) / counts.clamp(min=1)
-    with th.no_grad():
-        deviation = advantages.detach() - mean.detach()[representatives]
+    source = advantages.detach() if differentiate == "none" else advantages
+    mean = sums.index_add(0, representatives, source) / counts.clamp(min=1)
+    if differentiate == "both":
+        deviation = advantages - mean[representatives]
         squares = th.zeros_like(sums).index_add(0, representatives, deviation * deviation)
-        std = (squares / (counts - 1).clamp(min=1)).sqrt()  # unbiased, like th.std
+        # clamped: a group of equal advantages (sparse rewards) must not give sqrt'(0) = inf
+        std = (squares / (counts - 1).clamp(min=1)).clamp(min=1e-20).sqrt()
+    else:
+        with th.no_grad():
+            deviation = advantages.detach() - mean.detach()[representatives]
+            squares = th.zeros_like(sums).index_add(0, representatives, deviation * deviation)
+            std = (squares / (counts - 1).clamp(min=1)).sqrt()  # unbiased, like th.std
     normalized = (advantages - mean[representatives]) / (std[representatives] + 1e-8)
     return th.where(counts[representatives] > 1, normalized, th.zeros_like(normalized))
 
@@ -452,7 +473,8 @@ class RMDPPPO(PPO):
             if self.k == 1:
                 marginal = (marginal - marginal.mean()) / (marginal.std() + 1e-8)
             else:
-                marginal = normalize_per_representative(marginal, representatives, self.k)
+                differentiate = getattr(self.assigner, "gradient_statistics", "mean")
+                marginal = normalize_per_representative(marginal, representatives, self.k, differentiate)
         return marginal
 
     def _learns_assignment(self) -> bool:

@@ -185,6 +185,91 @@ def test_assignment_gradient_is_eq_12_with_the_mean_in_the_graph() -> None:
     assert th.allclose(alpha.grad, th.zeros_like(alpha), atol=1e-5)
 
 
+def _normalized_with_gradient(differentiate: str, advantages: th.Tensor, alpha_logits: th.Tensor):
+    from sb3_rmdp.ppo import normalize_per_representative
+
+    representatives = th.tensor([0] * 10 + [1] * 6)
+    alpha = th.softmax(alpha_logits, dim=1).requires_grad_(True)
+    weights = th.linspace(-1.0, 2.0, 16)
+    marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
+    normalized = normalize_per_representative(marginal, representatives, 2, differentiate)
+    (normalized * weights).sum().backward()
+    return normalized.detach(), alpha.grad, marginal.detach(), representatives, weights
+
+
+def test_gradient_statistics_change_the_gradient_not_the_values() -> None:
+    rng = np.random.default_rng(4)
+    advantages = th.as_tensor(rng.normal(size=(16, 4)), dtype=th.float32)
+    logits = th.as_tensor(rng.normal(size=(4, 2)), dtype=th.float32)
+    results = {d: _normalized_with_gradient(d, advantages, logits) for d in ("mean", "none", "both")}
+    for d in ("none", "both"):
+        assert th.allclose(results[d][0], results["mean"][0], atol=1e-6)
+        assert not th.allclose(results[d][1], results["mean"][1], atol=1e-3)
+    _, grad_none, marginal, representatives, weights = results["none"]
+    _, grad_both, *_ = results["both"]
+    for j in range(2):
+        members = representatives == j
+        std = marginal[members].std()
+        # Both statistics constant: the plain weighted sum of agent advantages (no centring of c_t).
+        expected = (weights[members][:, None] * advantages[members]).sum(dim=0) / (std + 1e-8)
+        assert th.allclose(grad_none[:, j], expected, atol=1e-5)
+        # Both differentiated: autograd through torch's own mean and std (the reference code's form).
+        alpha = th.softmax(logits, dim=1).requires_grad_(True)
+        group = (alpha[:, j] * advantages[members]).sum(dim=1)
+        ((group - group.mean()) / (group.std() + 1e-8) * weights[members]).sum().backward()
+        assert th.allclose(grad_both[:, j], alpha.grad[:, j], atol=1e-5)
+
+
+def test_differentiated_std_of_equal_advantages_is_finite() -> None:
+    # Sparse rewards give groups of equal (zero) advantages: sqrt'(0) must not poison the logits.
+    advantages = th.zeros(16, 4)
+    _, grad, *_ = _normalized_with_gradient("both", advantages, th.zeros(4, 2))
+    assert th.isfinite(grad).all()
+
+
+def test_unknown_gradient_statistics_say_so() -> None:
+    from sb3_rmdp.ppo import normalize_per_representative
+
+    with pytest.raises(ValueError, match=r"gradient_statistics='std'.*'mean', 'both', 'none'"):
+        EndToEndAssigner(gradient_statistics="std")
+    with pytest.raises(ValueError, match="differentiate='std'"):
+        normalize_per_representative(th.zeros(4), th.zeros(4, dtype=th.long), 1, "std")
+
+
+def test_gradient_statistics_reach_the_logits() -> None:
+    def logits(statistics: str) -> th.Tensor:
+        model = RMDPPPO(
+            "MlpPolicy",
+            make_scaled,
+            k=2,
+            n_envs=2,
+            n_steps=64,
+            batch_size=32,
+            n_epochs=2,
+            seed=1,
+            assigner=EndToEndAssigner(lr=0.05, gradient_statistics=statistics, seed=0),
+        )
+        model.learn(128)
+        return model.assigner.logits.detach().clone()
+
+    default, constant = logits("mean"), logits("none")
+    assert th.equal(default, logits("mean"))
+    assert not th.allclose(default, constant, atol=1e-4)
+
+
+def test_gradient_statistics_are_saved_and_old_saves_keep_the_mean() -> None:
+    import pickle
+
+    assigner = EndToEndAssigner(gradient_statistics="both", seed=0)
+    assigner.bind(4, 2)
+    assert pickle.loads(pickle.dumps(assigner)).gradient_statistics == "both"
+    state = assigner.__getstate__()
+    del state["gradient_statistics"]  # saved before the option existed
+    old = EndToEndAssigner.__new__(EndToEndAssigner)
+    old.__setstate__(state)
+    assert old.gradient_statistics == "mean"
+
+
 def test_with_one_representative_every_assigner_trains_the_same_policy() -> None:
     # At k=1 there is nothing to assign: benchmarks/mujoco_velocity.py trains the k=1 cell once.
     def parameters(assigner) -> dict[str, th.Tensor]:

@@ -263,6 +263,30 @@ def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     )
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_init_scale"]) for r in rows] == [(0, 3.0), (2, 3.0)]
+    # And the statistics the gradient flows through (rows without it: "mean").
+    reference = {"end_to_end_gradient_statistics": "both"}
+    with pytest.raises(ValueError, match="one end_to_end_gradient_statistics"):
+        benchmark.merge([run("m", 0, reference), run("n", 1, {})], out)
+    benchmark.merge(
+        [run("o", 0, reference), run("p", 1, {})], out, exclude=["end_to_end_gradient_statistics=mean"]
+    )
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_gradient_statistics"]) for r in rows] == [(0, "both")]
+
+
+def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("mujoco_velocity")
+    default = benchmark.make_assigner("end_to_end", 0, 4.0)
+    assert (default.lr, default.init_scale, default.gradient_statistics) == (2e-3, 1.0, "mean")
+    custom = benchmark.make_assigner(
+        "end_to_end",
+        0,
+        4.0,
+        end_to_end={"end_to_end_init_scale": 3.0, "end_to_end_gradient_statistics": "none"},
+    )
+    assert (custom.lr, custom.init_scale, custom.gradient_statistics) == (2e-3, 3.0, "none")
 
 
 def test_interval_breaks_of_no_agents_is_zero() -> None:

@@ -8,6 +8,11 @@ import torch as th
 from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.welfare import utilitarian_welfare
 
+#: which statistics of the per-representative advantage normalization the logits' gradient flows
+#: through (:func:`sb3_rmdp.ppo.normalize_per_representative`): the mean (the default), mean and std
+#: (the paper's reference code), or neither.
+GRADIENT_STATISTICS = ("mean", "both", "none")
+
 
 class EndToEndAssigner(Assigner):
     """A table of logits ``psi`` ``(n_agents, k)``; ``alpha = softmax(psi)`` over representatives.
@@ -22,24 +27,36 @@ class EndToEndAssigner(Assigner):
     :param init_scale: standard deviation of the initial logits, drawn from the assigner's own generator
         (1, as the reference code's ``torch.randn``: a random soft split that breaks the symmetry
         between representatives).
+    :param gradient_statistics: which per-representative normalization statistics the logits' gradient
+        flows through (see :func:`sb3_rmdp.ppo.normalize_per_representative`): ``"mean"`` (the mean
+        only), ``"both"`` (mean and std, as the paper's reference code) or ``"none"``.
     :param seed: seed of the assigner's generator (``None``: the model's seed).
     :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
     requires_grad = True
+    #: the default, and the value of models saved before the option existed
+    gradient_statistics: str = "mean"
 
     def __init__(
         self,
         lr: float = 2e-3,
         init_scale: float = 1.0,
+        gradient_statistics: str = "mean",
         seed: int | None = None,
         verbose: int = 0,
         figure_every: int = 10,
     ):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
+        if gradient_statistics not in GRADIENT_STATISTICS:
+            raise ValueError(
+                f"gradient_statistics={gradient_statistics!r}: choose one of {GRADIENT_STATISTICS} (which "
+                "normalization statistics the logits' gradient flows through; 'mean' is the default)."
+            )
         super().__init__(seed=seed, verbose=verbose, figure_every=figure_every)
         self.lr = float(lr)
+        self.gradient_statistics = gradient_statistics
         self.init_scale = float(init_scale)
 
     def _setup(self) -> None:
