@@ -64,8 +64,6 @@ from _common import (
 )
 from throughput import machine, versions
 
-from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
-
 RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ("em", "end_to_end", "kmeans", "random", "oracle")
 ENVS = ("HalfCheetah", "Ant", "Hopper", "Walker2d")
@@ -304,7 +302,8 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
         return
     b = TARGET_RANGES[f"{env_name}-v5"]
     bins = np.linspace(0, b, 21)
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.4 * len(chosen), 3.2), sharey=True)
+    # at least 5.5 in wide: the suptitle fits over a single panel
+    fig, axes = plt.subplots(1, len(chosen), figsize=(max(3.4 * len(chosen), 5.5), 3.2), sharey=True)
     for ax, row in zip(np.atleast_1d(axes), chosen):
         targets = np.array(row["targets"].split(), dtype=float)
         assignment = np.array(row["assignment"].split(), dtype=int)
@@ -332,6 +331,8 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
 
 
 def main() -> None:
+    from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS  # lazily: --merge needs no torch
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -521,8 +522,10 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
     for row in rows:
         if row["algorithm"] == "em" and not row.get("em_e_step"):
             row["em_e_step"] = E_STEP_GREEDY  # written before the column existed
+        # a k = 1 row shared from another algorithm learned no logits: it stays empty, pooling with any
+        learned_logits = row["algorithm"] == "end_to_end" and not row.get("shared_with")
         for column, default in END_TO_END_DEFAULTS.items():
-            if row["algorithm"] == "end_to_end" and row.get(column) in (None, ""):
+            if learned_logits and row.get(column) in (None, ""):
                 row[column] = default  # written before the column existed
     for condition in exclude or []:
         column, equals, value = condition.partition("=")

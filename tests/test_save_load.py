@@ -32,7 +32,7 @@ def _assigner(name: str) -> Assigner:
         # A warm start that the budget does not cap, so that learn(N) twice plans as learn(2N) does.
         return EMAssigner(mixing=0.5, warm_start_updates=1, max_warm_start_fraction=1.0)
     if name == "end_to_end":
-        return EndToEndAssigner(lr=0.05)
+        return EndToEndAssigner(lr=0.05, gradient_statistics="none")  # a non-default that must survive
     if name == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=64, n_init=2)
     return RandomAssigner()
@@ -90,6 +90,7 @@ def _assert_same_training_state(expected: RMDPPPO, got: RMDPPPO) -> None:
         assert expected.assigner.n_e_steps == got.assigner.n_e_steps
     if isinstance(expected.assigner, EndToEndAssigner):
         assert isinstance(got.assigner, EndToEndAssigner)
+        assert expected.assigner.gradient_statistics == got.assigner.gradient_statistics
         _assert_identical(expected.assigner.logits.detach(), got.assigner.logits.detach(), "logits")
         _assert_identical(
             expected.assigner.optimizer.state_dict(),
@@ -120,6 +121,7 @@ def test_resume_is_bit_exact(assigner: str, tmp_path: Path) -> None:
         assert uninterrupted.assigner.n_e_steps > 0  # E-steps ran before and after the save
     if assigner == "end_to_end":
         assert loaded.assigner.optimizer.param_groups[0]["params"][0] is loaded.assigner.logits
+        assert loaded.assigner.gradient_statistics == "none"
 
 
 def test_resume_is_bit_exact_on_resource_gathering(tmp_path: Path) -> None:

@@ -272,6 +272,11 @@ def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     )
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_gradient_statistics"]) for r in rows] == [(0, "both")]
+    # A k = 1 row shared from another algorithm learned no logits and pools with any setting.
+    shared = {"k": 1, "shared_with": "em"}
+    benchmark.merge([run("q", 0, reference), run("r", 1, shared)], out)
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["k"], r["end_to_end_gradient_statistics"]) for r in rows] == [(1, ""), (2, "both")]
 
 
 def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:

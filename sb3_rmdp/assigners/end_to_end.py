@@ -27,11 +27,11 @@ class EndToEndAssigner(Assigner):
     :param init_scale: standard deviation of the initial logits, drawn from the assigner's own generator
         (1, as the reference code's ``torch.randn``: a random soft split that breaks the symmetry
         between representatives).
+    :param seed: seed of the assigner's generator (``None``: the model's seed).
+    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     :param gradient_statistics: which per-representative normalization statistics the logits' gradient
         flows through (see :func:`sb3_rmdp.ppo.normalize_per_representative`): ``"mean"`` (the mean
         only), ``"both"`` (mean and std, as the paper's reference code) or ``"none"``.
-    :param seed: seed of the assigner's generator (``None``: the model's seed).
-    :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     """
 
     requires_grad = True
@@ -42,10 +42,10 @@ class EndToEndAssigner(Assigner):
         self,
         lr: float = 2e-3,
         init_scale: float = 1.0,
-        gradient_statistics: str = "mean",
         seed: int | None = None,
         verbose: int = 0,
         figure_every: int = 10,
+        gradient_statistics: str = "mean",
     ):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
