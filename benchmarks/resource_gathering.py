@@ -46,16 +46,26 @@ PATH_KS = (1, 2, 3, 5)
 #: and with 2e-3 the deployed argmax hardly leaves its random start (7 of 25 agents move in a run). 1e-2 was
 #: chosen by a sweep over {2e-3, 1e-2, 3e-2} at k = 3 and 10, seeds 0-2 (docs/benchmarks.md).
 END_TO_END_LR = 1e-2
+#: the normalization statistics the logits' gradient flows through (``EndToEndAssigner``'s default;
+#: rows written before the ``end_to_end_gradient_statistics`` column used it)
+END_TO_END_GRADIENT_STATISTICS = "mean"
 
 
-def make_assigner(algorithm: str, seed: int, end_to_end_lr: float = END_TO_END_LR) -> Any:
+def make_assigner(
+    algorithm: str,
+    seed: int,
+    end_to_end_lr: float = END_TO_END_LR,
+    end_to_end_gradient_statistics: str = END_TO_END_GRADIENT_STATISTICS,
+) -> Any:
     from sb3_rmdp.assigners import EMAssigner, EndToEndAssigner, KMeansAssigner, RandomAssigner
     from sb3_rmdp.hyperparams import HYPERPARAMS
 
     if algorithm == "em":
         return EMAssigner(**HYPERPARAMS[ENV_ID]["assigner_kwargs"])
     if algorithm == "end_to_end":
-        return EndToEndAssigner(lr=end_to_end_lr, seed=seed)
+        return EndToEndAssigner(
+            lr=end_to_end_lr, gradient_statistics=end_to_end_gradient_statistics, seed=seed
+        )
     if algorithm == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
     if algorithm == "random":
@@ -64,7 +74,12 @@ def make_assigner(algorithm: str, seed: int, end_to_end_lr: float = END_TO_END_L
 
 
 def run_cell(
-    algorithm: str, k: int, seed: int, budget_per_representative: int, end_to_end_lr: float = END_TO_END_LR
+    algorithm: str,
+    k: int,
+    seed: int,
+    budget_per_representative: int,
+    end_to_end_lr: float = END_TO_END_LR,
+    end_to_end_gradient_statistics: str = END_TO_END_GRADIENT_STATISTICS,
 ) -> dict[str, Any]:
     """Train and evaluate one (algorithm, k, seed) cell; returns its CSV row (and paths)."""
     import gymnasium as gym
@@ -78,7 +93,7 @@ def run_cell(
     from sb3_rmdp.welfare import best_assignment, evaluate_agent_returns, utilitarian_welfare
 
     params = hyperparams_for(ENV_ID)
-    params["assigner"] = make_assigner(algorithm, seed, end_to_end_lr)
+    params["assigner"] = make_assigner(algorithm, seed, end_to_end_lr, end_to_end_gradient_statistics)
     reward_scale = params["env_kwargs"]["reward_scale"]
     start = time.perf_counter()
     model = RMDPPPO("MlpPolicy", ENV_ID, k=k, seed=seed, **params)
@@ -96,6 +111,7 @@ def run_cell(
         "seed": seed,
         "budget_per_representative": budget_per_representative,
         "end_to_end_lr": end_to_end_lr if algorithm == "end_to_end" else "",
+        "end_to_end_gradient_statistics": end_to_end_gradient_statistics if algorithm == "end_to_end" else "",
         "welfare_eval": round(utilitarian_welfare(table, model.assignment()), 4),
         "welfare_train": round(utilitarian_welfare(train_table, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -184,7 +200,12 @@ def merge(sources: list[Path], out: Path) -> None:
     for row in rows:
         row.setdefault("shared_with", "")
         row.setdefault("end_to_end_lr", "")
-    same = ("budget_per_representative", "end_to_end_lr")
+        if row["algorithm"] == "end_to_end" and not row["shared_with"]:
+            row.setdefault(
+                "end_to_end_gradient_statistics", END_TO_END_GRADIENT_STATISTICS
+            )  # written before it
+        row.setdefault("end_to_end_gradient_statistics", "")
+    same = ("budget_per_representative", "end_to_end_lr", "end_to_end_gradient_statistics")
     check_mergeable(rows, cell=("algorithm", "k", "seed"), same=same)
     em_k1 = {r["seed"]: r for r in rows if r["algorithm"] == "em" and r["k"] == 1}
     for algorithm in sorted({r["algorithm"] for r in rows} - {"em"}):
@@ -202,6 +223,8 @@ def merge(sources: list[Path], out: Path) -> None:
 
 
 def main() -> None:
+    from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS  # lazily: --merge needs no torch
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -214,6 +237,13 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
     parser.add_argument(
         "--end-to-end-lr", type=float, default=END_TO_END_LR, help="Adam learning rate of end-to-end's logits"
+    )
+    parser.add_argument(
+        "--end-to-end-gradient-statistics",
+        choices=GRADIENT_STATISTICS,
+        default=END_TO_END_GRADIENT_STATISTICS,
+        help="the normalization statistics end-to-end's logits' gradient flows through "
+        "(sb3_rmdp.ppo.normalize_per_representative)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "resource_gathering")
     parser.add_argument(
@@ -235,7 +265,15 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.n_jobs) as pool:
         futures = {
-            pool.submit(run_cell, a, k, s, args.budget_per_representative, args.end_to_end_lr): (a, k, s)
+            pool.submit(
+                run_cell,
+                a,
+                k,
+                s,
+                args.budget_per_representative,
+                args.end_to_end_lr,
+                args.end_to_end_gradient_statistics,
+            ): (a, k, s)
             for a, k, s in cells
         }
         for done, future in enumerate(as_completed(futures), 1):
@@ -257,6 +295,9 @@ def main() -> None:
         "seeds": args.seeds,
         "budget_per_representative": args.budget_per_representative,
         "end_to_end_lr": args.end_to_end_lr if "end_to_end" in args.algorithms else None,
+        "end_to_end_gradient_statistics": (
+            args.end_to_end_gradient_statistics if "end_to_end" in args.algorithms else None
+        ),
         "n_jobs": args.n_jobs,
         "torch_threads_per_worker": 1,
         "wall_s": round(time.time() - started, 1),

@@ -305,3 +305,31 @@ def test_brute_force_confirms_the_closed_form_for_k_at_least_n(
     for k in (9, 25):
         value = optimal_welfare(k, size=BRUTE_SIZE, max_steps=BRUTE_STEPS)
         assert value == pytest.approx(each_agent_best.mean(), abs=1e-9)
+
+
+def test_benchmark_merge_keeps_gradient_statistics_apart(tmp_path) -> None:
+    """End-to-end rows without the column used ``"mean"`` and never pool with other statistics."""
+    import json
+
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("resource_gathering")
+
+    def run(name: str, seed: int, extra: dict[str, object]) -> object:
+        row = {
+            "algorithm": "end_to_end", "k": 2, "n_agents": 25, "seed": seed,
+            "budget_per_representative": 1000, "end_to_end_lr": 0.01, "welfare_eval": 80.0,
+            "welfare_train": 80.0, "welfare_eval_reassigned": 80.0, "optimal_welfare": 84.0, "wall_s": 1.0,
+            "assignment": " ".join(["0", "1"] * 12 + ["0"]), **extra,
+        }  # fmt: skip
+        path = tmp_path / name
+        benchmark.write_csv([row], benchmark.result_path(path, ".csv"))
+        benchmark.result_path(path, ".json").write_text(json.dumps({"command": name, "wall_s": 1.0}))
+        return path
+
+    none = {"end_to_end_gradient_statistics": "none"}
+    with pytest.raises(ValueError, match="one end_to_end_gradient_statistics"):
+        benchmark.merge([run("a", 0, none), run("b", 1, {})], tmp_path / "merged")
+    benchmark.merge([run("c", 0, none), run("d", 1, none)], tmp_path / "merged")
+    rows, _ = benchmark.read_run(tmp_path / "merged")
+    assert [r["end_to_end_gradient_statistics"] for r in rows] == ["none", "none"]
