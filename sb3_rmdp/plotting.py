@@ -176,7 +176,7 @@ def plot_welfare_vs_k(
     """Welfare against the policy budget k: mean +- standard error over the rows (seeds) of each algorithm.
 
     A reference column (``optimal_welfare`` or ``upper_bound``, see :data:`REFERENCE_COLUMNS`), when the
-    rows have it, is drawn as a dashed black line (its mean per k).
+    rows have it, is drawn as a dashed black line with a dash at each k (its mean per k).
 
     :param rows: one mapping per run with ``algorithm``, ``k`` and ``welfare_key`` (e.g. the rows of a
         ``benchmarks/results/*.csv``); values may be strings, as ``csv.DictReader`` gives them.
@@ -218,7 +218,8 @@ def plot_welfare_vs_k(
                 references.setdefault(int(row["k"]), []).append(float(row[column]))
         if references:
             ks = sorted(references)
-            ax.plot(ks, [np.mean(references[k]) for k in ks], "k--", lw=1, label=label)
+            # a dash at each k too, so that a single k shows its reference
+            ax.plot(ks, [np.mean(references[k]) for k in ks], "k--", lw=1, marker="_", ms=16, label=label)
     ax.set_xlabel("policy budget k")
     label = "social welfare (evaluation)" if welfare_key == "welfare_eval" else welfare_key.replace("_", " ")
     ax.set_ylabel(f"{label}, mean ± s.e.")
