@@ -50,6 +50,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 from sb3_rmdp.assigners import ASSIGNERS
+from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.envs import make_rmdp_vec_env
 from sb3_rmdp.ppo import RMDPPPO
 from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, utilitarian_welfare
@@ -107,6 +108,10 @@ def sample_assigner_params(trial: Trial, assigner_name: str) -> dict[str, Any]:
         return {
             "lr": trial.suggest_float("end_to_end_lr", 1e-4, 1e-1, log=True),
             "init_scale": trial.suggest_float("end_to_end_init_scale", 0.0, 2.0),
+            # "none" wins on target-tracking populations, "mean" on Resource Gathering (docs/benchmarks.md)
+            "gradient_statistics": trial.suggest_categorical(
+                "end_to_end_gradient_statistics", list(GRADIENT_STATISTICS)
+            ),
         }
     if assigner_name == "kmeans":
         return {"pretrain_fraction": trial.suggest_float("kmeans_pretrain_fraction", 0.2, 0.8)}

@@ -256,6 +256,7 @@ def test_best_params_round_trip(tmp_path: Path) -> None:
     path.write_text(json.dumps(best_params(study)))
     params = load_best_params(path)
     assert params["assigner"].lr == study.best_params["end_to_end_lr"]
+    assert params["assigner"].gradient_statistics == study.best_params["end_to_end_gradient_statistics"]
     RMDPPPO("MlpPolicy", ENV, **params)
 
 
