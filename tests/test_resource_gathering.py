@@ -309,9 +309,7 @@ def test_brute_force_confirms_the_closed_form_for_k_at_least_n(
 
 def test_benchmark_merge_keeps_gradient_statistics_apart(tmp_path) -> None:
     """End-to-end rows without the column used ``"mean"`` and never pool with other statistics."""
-    import json
-
-    from conftest import load_benchmark
+    from conftest import load_benchmark, write_benchmark_run
 
     benchmark = load_benchmark("resource_gathering")
 
@@ -322,10 +320,7 @@ def test_benchmark_merge_keeps_gradient_statistics_apart(tmp_path) -> None:
             "welfare_train": 80.0, "welfare_eval_reassigned": 80.0, "optimal_welfare": 84.0, "wall_s": 1.0,
             "assignment": " ".join(["0", "1"] * 12 + ["0"]), **extra,
         }  # fmt: skip
-        path = tmp_path / name
-        benchmark.write_csv([row], benchmark.result_path(path, ".csv"))
-        benchmark.result_path(path, ".json").write_text(json.dumps({"command": name, "wall_s": 1.0}))
-        return path
+        return write_benchmark_run(benchmark, tmp_path / name, [row])
 
     none = {"end_to_end_gradient_statistics": "none"}
     with pytest.raises(ValueError, match="one end_to_end_gradient_statistics"):

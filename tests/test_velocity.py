@@ -147,7 +147,7 @@ def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> Non
     share, or runs of different budgets, are refused with the reason."""
     import json
 
-    from conftest import load_benchmark
+    from conftest import load_benchmark, write_benchmark_run
 
     benchmark = load_benchmark("mujoco_velocity")
     targets = "0.2000 1.0000 2.5000 3.5000"
@@ -162,10 +162,7 @@ def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> Non
             }
             for seed in seeds
         ]  # fmt: skip
-        path = tmp_path / name
-        benchmark.write_csv(rows, benchmark.result_path(path, ".csv"))
-        benchmark.result_path(path, ".json").write_text(json.dumps({"command": f"run {name}", "wall_s": 1.0}))
-        return path
+        return write_benchmark_run(benchmark, tmp_path / name, rows)
 
     # a dotted name (lr0.01) is a name, not an extension
     first, second = run("a_lr0.01", [0, 1], 4.0), run("b", [2], 4.0)
@@ -183,6 +180,19 @@ def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> Non
         benchmark.merge([first, run("d", [5], 4.0, budget=2000)], out)
 
 
+def _velocity_run(path, fields: dict[str, object]) -> object:
+    """One earlier ``mujoco_velocity`` run of a single row (k=2, two agents unless ``fields`` say)."""
+    from conftest import load_benchmark, write_benchmark_run
+
+    row = {
+        "env": "HalfCheetah", "algorithm": "em", "k": 2, "n_agents": 2, "seed": 0,
+        "budget_per_representative": 1000, "welfare_eval": 3.0, "welfare_train": 1.0,
+        "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
+        "fraction_of_bound": 0.15, "assignment": "0 1", "targets": "0.2 3.5", **fields,
+    }  # fmt: skip
+    return write_benchmark_run(load_benchmark("mujoco_velocity"), path, [row])
+
+
 def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp_path) -> None:
     """Agents nobody serves (deployed return 0) may sit anywhere: ``served_interval_breaks`` leaves them
     out. EM runs of the plain greedy E-step (rows without ``em_e_step``) never pool with revived ones."""
@@ -193,16 +203,8 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
     benchmark = load_benchmark("mujoco_velocity")
 
     def run(name: str, seed: int, extra: dict[str, str]) -> object:
-        row = {
-            "env": "HalfCheetah", "algorithm": "em", "k": 2, "n_agents": 5, "seed": seed,
-            "budget_per_representative": 1000, "welfare_eval": 3.0, "welfare_train": 1.0,
-            "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
-            "fraction_of_bound": 0.15, "assignment": "0 0 1 1 0", "targets": "0.2 0.4 1.0 1.2 3.5", **extra,
-        }  # fmt: skip
-        path = tmp_path / name
-        benchmark.write_csv([row], benchmark.result_path(path, ".csv"))
-        benchmark.result_path(path, ".json").write_text(json.dumps({"command": name, "wall_s": 1.0}))
-        return path
+        five_agents = {"n_agents": 5, "assignment": "0 0 1 1 0", "targets": "0.2 0.4 1.0 1.2 3.5"}
+        return _velocity_run(tmp_path / name, {"algorithm": "em", "seed": seed, **five_agents, **extra})
 
     revived = {"em_e_step": "revive_idle", "returns": "30.00 20.00 25.00 9.00 0.00"}
     out = tmp_path / "merged"
@@ -224,23 +226,12 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
 
 def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     """End-to-end rows without ``end_to_end_lr`` used the paper's 2e-3 and never pool with other rates."""
-    import json
-
     from conftest import load_benchmark
 
     benchmark = load_benchmark("mujoco_velocity")
 
     def run(name: str, seed: int, extra: dict[str, object]) -> object:
-        row = {
-            "env": "HalfCheetah", "algorithm": "end_to_end", "k": 2, "n_agents": 2, "seed": seed,
-            "budget_per_representative": 1000, "welfare_eval": 3.0, "welfare_train": 1.0,
-            "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
-            "fraction_of_bound": 0.15, "assignment": "0 1", "targets": "0.2 3.5", **extra,
-        }  # fmt: skip
-        path = tmp_path / name
-        benchmark.write_csv([row], benchmark.result_path(path, ".csv"))
-        benchmark.result_path(path, ".json").write_text(json.dumps({"command": name, "wall_s": 1.0}))
-        return path
+        return _velocity_run(tmp_path / name, {"algorithm": "end_to_end", "seed": seed, **extra})
 
     out = tmp_path / "merged"
     faster = {"end_to_end_lr": 0.05}
