@@ -59,7 +59,8 @@ def write_benchmark_run(benchmark: ModuleType, path: Path, rows: list[dict[str, 
     import json
 
     benchmark.write_csv(rows, benchmark.result_path(path, ".csv"))
-    benchmark.result_path(path, ".json").write_text(json.dumps({"command": f"run {path.name}", "wall_s": 1.0}))
+    sidecar = {"command": f"run {path.name}", "wall_s": 1.0}
+    benchmark.result_path(path, ".json").write_text(json.dumps(sidecar))
     return path
 
 
