@@ -106,6 +106,11 @@ def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
     }
 
 
+def end_to_end_settings(end_to_end: dict[str, Any] | None) -> dict[str, Any]:
+    """:data:`END_TO_END_DEFAULTS` with ``end_to_end``'s overrides (keys: the columns)."""
+    return {**END_TO_END_DEFAULTS, **(end_to_end or {})}
+
+
 def make_assigner(
     algorithm: str,
     seed: int,
@@ -125,7 +130,7 @@ def make_assigner(
     if algorithm == "em":
         return EMAssigner(mixing=0.05, warm_start_updates=10, revive_idle=revive_idle)
     if algorithm == "end_to_end":
-        settings = {**END_TO_END_DEFAULTS, **(end_to_end or {})}
+        settings = end_to_end_settings(end_to_end)
         return EndToEndAssigner(
             lr=settings["end_to_end_lr"],
             init_scale=settings["end_to_end_init_scale"],
@@ -172,8 +177,8 @@ def run_cell(
         norm_obs=True,
         norm_reward=False,
     )
-    assigner = make_assigner(algorithm, seed, b, revive_idle, end_to_end)
-    end_to_end_settings = {**END_TO_END_DEFAULTS, **(end_to_end or {})}
+    settings = end_to_end_settings(end_to_end)
+    assigner = make_assigner(algorithm, seed, b, revive_idle, settings)
     model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=assigner, **ppo_kwargs(log_std_init))
     model.learn(budget * k)
     wall = time.perf_counter() - start
@@ -202,7 +207,7 @@ def run_cell(
         "budget_per_representative": budget,
         "log_std_init": log_std_init,
         "em_e_step": (E_STEP_REVIVE if revive_idle else E_STEP_GREEDY) if algorithm == "em" else "",
-        **{c: v if algorithm == "end_to_end" else "" for c, v in end_to_end_settings.items()},
+        **{c: v if algorithm == "end_to_end" else "" for c, v in settings.items()},
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
