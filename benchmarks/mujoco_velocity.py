@@ -18,8 +18,10 @@ the k = 1 cell is trained once per seed and its row is reported for every algori
 EM revives idle representatives by default (``EMAssigner(revive_idle=True)``, recorded in the
 ``em_e_step`` column); the runs committed before that option used the plain greedy E-step: add
 ``--no-revive-idle`` to reproduce their EM rows. End-to-end's logits take the paper's settings
-unless ``--end-to-end-lr``, ``--end-to-end-init-scale`` or ``--end-to-end-gradient-statistics`` say
-otherwise (recorded in the ``end_to_end_*`` columns; ``--merge`` never pools different settings).
+unless ``--end-to-end-lr``, ``--end-to-end-init-scale``, ``--end-to-end-gradient-statistics`` or
+``--end-to-end-deploy`` say otherwise (recorded in the ``end_to_end_*`` columns; ``--merge`` never pools
+different settings). End-to-end rows also score the argmax of the logits (``welfare_eval_argmax``),
+whichever assignment they deploy.
 
 What fits 2 cores in a session (the first committed results: two runs, merged)::
 
@@ -72,14 +74,15 @@ HISTOGRAM_K = 5
 #: runs committed before the option, whose rows have no ``em_e_step`` column).
 E_STEP_REVIVE, E_STEP_GREEDY = "revive_idle", "greedy"
 #: learning rate and initial scale of the end-to-end logits: the paper's 2e-3 and the reference code's
-#: ``randn``; the normalization statistics their gradient flows through: the mean (the runs committed
-#: before the options, whose rows have no such columns, used these)
+#: ``randn``; the normalization statistics their gradient flows through: the mean; the deployed assignment:
+#: the logits' argmax (the runs committed before the options, whose rows have no such columns, used these)
 PAPER_END_TO_END_LR = 2e-3
 PAPER_END_TO_END_INIT_SCALE = 1.0
 END_TO_END_DEFAULTS: dict[str, Any] = {
     "end_to_end_lr": PAPER_END_TO_END_LR,
     "end_to_end_init_scale": PAPER_END_TO_END_INIT_SCALE,
     "end_to_end_gradient_statistics": "mean",
+    "end_to_end_deploy": "argmax",
 }
 
 
@@ -135,6 +138,7 @@ def make_assigner(
             lr=settings["end_to_end_lr"],
             init_scale=settings["end_to_end_init_scale"],
             gradient_statistics=settings["end_to_end_gradient_statistics"],
+            deploy=settings["end_to_end_deploy"],
             seed=seed,
         )
     if algorithm == "kmeans":
@@ -211,6 +215,10 @@ def run_cell(
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
+        # the same training run deployed by the argmax of its logits, whatever its `end_to_end_deploy`
+        "welfare_eval_argmax": (
+            round(utilitarian_welfare(table, weights.argmax(axis=1)), 4) if algorithm == "end_to_end" else ""
+        ),
         "upper_bound": round(bound, 4),
         "fraction_of_bound": round(welfare / bound, 4),
         "wall_s": round(wall, 1),
@@ -336,7 +344,7 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
 
 
 def main() -> None:
-    from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS  # lazily: --merge needs no torch
+    from sb3_rmdp.assigners.end_to_end import DEPLOY, GRADIENT_STATISTICS  # lazily: --merge needs no torch
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -383,6 +391,13 @@ def main() -> None:
         default=END_TO_END_DEFAULTS["end_to_end_gradient_statistics"],
         help="the per-representative normalization statistics the logits' gradient flows through "
         "('both': the reference code's; see sb3_rmdp.ppo.normalize_per_representative)",
+    )
+    parser.add_argument(
+        "--end-to-end-deploy",
+        choices=DEPLOY,
+        default=END_TO_END_DEFAULTS["end_to_end_deploy"],
+        help="the end-to-end hard assignment deployed and scored: the logits' argmax (the paper) or each "
+        "agent's best representative on the latest training returns (EndToEndAssigner(deploy=...))",
     )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
@@ -515,7 +530,8 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         (``em_e_step``; EM rows without it are the greedy E-step's) or end-to-end learning rates
         (``end_to_end_lr``; rows without it used the paper's 2e-3), initial logit scales
         (``end_to_end_init_scale``; rows without it used 1) or gradient statistics
-        (``end_to_end_gradient_statistics``; rows without it used ``"mean"``), or share an
+        (``end_to_end_gradient_statistics``; rows without it used ``"mean"``) or deployments
+        (``end_to_end_deploy``; rows without it deployed ``"argmax"``), or share an
         (algorithm, k, n, seed), or on a malformed filter.
     """
     rows: list[dict[str, Any]] = []

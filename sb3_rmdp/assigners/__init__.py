@@ -2,7 +2,7 @@
 
 from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.assigners.coverage import CoverageAssigner
-from sb3_rmdp.assigners.em import EMAssigner, e_step
+from sb3_rmdp.assigners.em import EMAssigner, best_response, e_step
 from sb3_rmdp.assigners.end_to_end import EndToEndAssigner
 from sb3_rmdp.assigners.fixed import (
     FixedAssigner,
@@ -47,6 +47,7 @@ __all__ = [
     "KMeansAssigner",
     "OracleAssigner",
     "RandomAssigner",
+    "best_response",
     "e_step",
     "equal_width_bins",
     "kmeans_assignment",

@@ -7,10 +7,26 @@ import numpy as np
 from sb3_rmdp.assigners.base import Assigner, one_hot
 
 
+def best_response(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
+    """Every agent's best representative ``argmax_j table[i, j]``, staying put on ties.
+
+    The welfare of ``table`` under the result is the largest any assignment reaches, and never below
+    that of ``assignment``. Representatives may be left empty (:func:`e_step` prevents that).
+
+    :param table: agent returns ``(n_agents, k)``.
+    :param assignment: current hard assignment ``(n_agents,)``.
+    :return: new hard assignment ``(n_agents,)``.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    old = np.asarray(assignment, dtype=np.int64)
+    best = table.max(axis=1)
+    return np.where(table[np.arange(len(old)), old] >= best, old, table.argmax(axis=1))
+
+
 def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
     """Greedy re-assignment that never leaves a representative without agents.
 
-    Every agent moves to its best representative ``argmax_j table[i, j]`` (staying put on ties).
+    Every agent moves to its best representative (:func:`best_response`: staying put on ties).
     Should a representative be left empty, one of the agents it served before is pinned back to it:
     the one that loses least by staying. Pinned agents keep their old representative and every other
     agent gets its best, so the welfare of ``table`` never decreases (the E-step of Theorem 2), and
@@ -26,8 +42,7 @@ def e_step(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
     table = np.asarray(table, dtype=np.float64)
     old = np.asarray(assignment, dtype=np.int64)
     n_agents, k = table.shape
-    best = table.max(axis=1)
-    new = np.where(table[np.arange(n_agents), old] >= best, old, table.argmax(axis=1))
+    new = best_response(table, old)
     pinned = np.zeros(n_agents, dtype=bool)
     while True:
         sizes = np.bincount(new, minlength=k)

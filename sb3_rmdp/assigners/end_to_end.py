@@ -6,12 +6,16 @@ import numpy as np
 import torch as th
 
 from sb3_rmdp.assigners.base import Assigner
+from sb3_rmdp.assigners.em import best_response
 from sb3_rmdp.welfare import utilitarian_welfare
 
 #: which statistics of the per-representative advantage normalization the logits' gradient flows
 #: through (:func:`sb3_rmdp.ppo.normalize_per_representative`): the mean (the default), mean and std
 #: (the paper's reference code), or neither.
 GRADIENT_STATISTICS = ("mean", "both", "none")
+#: how the deployed hard assignment is read off: each agent's largest logit (the paper), or each agent's
+#: best representative on the latest training returns (a final E-step over the trained policies).
+DEPLOY = ("argmax", "best_response")
 
 
 class EndToEndAssigner(Assigner):
@@ -20,8 +24,10 @@ class EndToEndAssigner(Assigner):
     ``RMDPPPO.train`` forms each minibatch's marginal advantages from :meth:`weights` without
     detaching them, so the clipped PPO policy loss is also the assignment's loss (eq. 12); this
     assigner's own Adam steps in the same backward pass as the policy's optimizer. The deployed
-    assignment is the argmax of each agent's row: its welfare is the headline figure
-    (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged as ``welfare/soft``.
+    assignment (:meth:`assignment`) is the argmax of each agent's row, or with
+    ``deploy="best_response"`` each agent's best representative on the latest training returns; its
+    welfare is the headline figure (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged
+    as ``welfare/soft``. Training is the same either way: only the hard assignment read off differs.
 
     :param lr: Adam learning rate of the logits (the paper's 2e-3).
     :param init_scale: standard deviation of the initial logits, drawn from the assigner's own generator
@@ -32,11 +38,21 @@ class EndToEndAssigner(Assigner):
     :param gradient_statistics: which per-representative normalization statistics the logits' gradient
         flows through (see :func:`sb3_rmdp.ppo.normalize_per_representative`): ``"mean"`` (the mean
         only), ``"both"`` (mean and std, as the paper's reference code) or ``"none"``.
+    :param deploy: ``"argmax"`` (the paper): each agent goes to its largest logit. ``"best_response"``:
+        each agent goes to the representative with its highest return in the latest training episodes
+        (``RMDPPPO.training_returns``, copied here after every rollout), keeping its argmax on ties and
+        until every representative has finished an episode: a final E-step (:func:`best_response`) over
+        the trained policies, so its welfare on that table is never below the argmax's. The logits learn
+        slowly where an agent's weight is small, so agents a representative would serve well can keep
+        a stale argmax; the best response reads them off the returns instead.
     """
 
     requires_grad = True
     #: the default, and the value of models saved before the option existed
     gradient_statistics: str = "mean"
+    deploy: str = "argmax"
+    #: ``(n_agents, k)`` the model's ``training_returns`` after the latest rollout (``None`` before any)
+    returns_table: np.ndarray | None = None
 
     def __init__(
         self,
@@ -46,6 +62,7 @@ class EndToEndAssigner(Assigner):
         verbose: int = 0,
         figure_every: int = 10,
         gradient_statistics: str = "mean",
+        deploy: str = "argmax",
     ):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
@@ -54,7 +71,13 @@ class EndToEndAssigner(Assigner):
                 f"gradient_statistics={gradient_statistics!r}: choose one of {GRADIENT_STATISTICS} (which "
                 "normalization statistics the logits' gradient flows through; 'mean' is the default)."
             )
+        if deploy not in DEPLOY:
+            raise ValueError(
+                f"deploy={deploy!r}: choose one of {DEPLOY} (how the deployed hard assignment is read off; "
+                "'argmax' of the logits is the default)."
+            )
         super().__init__(seed=seed, verbose=verbose, figure_every=figure_every)
+        self.deploy = deploy
         self.lr = float(lr)
         self.gradient_statistics = gradient_statistics
         self.init_scale = float(init_scale)
@@ -75,11 +98,24 @@ class EndToEndAssigner(Assigner):
     def weights(self) -> th.Tensor:
         return th.softmax(self.logits, dim=1)
 
+    def assignment(self) -> np.ndarray:
+        """The deployed hard assignment ``(n_agents,)``: see ``deploy``."""
+        argmax = super().assignment()
+        table = self.returns_table
+        if self.deploy == "argmax" or table is None or not np.all(np.isfinite(table)):
+            return argmax
+        return best_response(table, argmax)
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
 
     def step(self) -> None:
         self.optimizer.step()
+
+    def _update(self) -> None:
+        table = getattr(self.model, "training_returns", None)
+        if table is not None:
+            self.returns_table = np.array(table, dtype=np.float64)
 
     def _log(self) -> None:
         super()._log()
