@@ -10,7 +10,8 @@ import torch as th
 from conftest import LogRecorder, make_scaled
 
 from sb3_rmdp import RMDPPPO, EMAssigner, EndToEndAssigner, KMeansAssigner, OracleAssigner, RandomAssigner
-from sb3_rmdp.assigners import equal_width_bins, kmeans_assignment
+from sb3_rmdp.assigners import best_response, equal_width_bins, kmeans_assignment
+from sb3_rmdp.welfare import utilitarian_welfare
 
 
 def _end_to_end_model(normalize_advantage: bool) -> RMDPPPO:
@@ -271,6 +272,89 @@ def test_gradient_statistics_are_saved_and_old_saves_keep_the_mean() -> None:
     old = EndToEndAssigner.__new__(EndToEndAssigner)
     old.__setstate__(state)
     assert old.gradient_statistics == "mean"
+
+
+def test_deploy_and_returns_are_saved_and_old_saves_deploy_the_argmax() -> None:
+    import pickle
+
+    assigner = EndToEndAssigner(deploy="best_response", seed=0)
+    assigner.bind(2, 2)
+    assigner.returns_table = np.array([[0.0, 1.0], [1.0, 0.0]])
+    copy = pickle.loads(pickle.dumps(assigner))
+    assert copy.deploy == "best_response"
+    np.testing.assert_array_equal(copy.assignment(), [1, 0])
+    state = assigner.__getstate__()
+    del state["deploy"], state["returns_table"]  # saved before the option existed
+    old = EndToEndAssigner.__new__(EndToEndAssigner)
+    old.__setstate__(state)
+    assert (old.deploy, old.returns_table) == ("argmax", None)
+    np.testing.assert_array_equal(old.assignment(), assigner.logits.argmax(dim=1).numpy())
+
+
+def test_best_response_takes_each_agents_best_and_stays_on_ties() -> None:
+    table = np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 4.0]])
+    np.testing.assert_array_equal(best_response(table, np.array([0, 1, 2, 0])), [1, 1, 2, 2])
+    np.testing.assert_array_equal(best_response(table, np.array([2, 0, 0, 1])), [1, 0, 0, 2])
+
+
+def test_best_response_reaches_the_best_welfare_of_a_fixed_table() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        table = rng.integers(0, 4, size=(12, 3)).astype(float)  # many ties
+        old = rng.integers(0, 3, size=12)
+        new = best_response(table, old)
+        assert utilitarian_welfare(table, new) == pytest.approx(table.max(axis=1).mean())
+        assert utilitarian_welfare(table, new) >= utilitarian_welfare(table, old)
+        moved = new != old
+        assert np.all(table[moved, new[moved]] > table[moved, old[moved]])  # nobody moves for a tie
+
+
+def _end_to_end_trained(deploy: str) -> RMDPPPO:
+    model = RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=1,
+        assigner=EndToEndAssigner(lr=0.05, deploy=deploy, seed=0),
+    )
+    return model.learn(256)
+
+
+def test_deploying_the_best_response_changes_the_assignment_not_the_training() -> None:
+    argmax, best = _end_to_end_trained("argmax"), _end_to_end_trained("best_response")
+    assert th.equal(argmax.assigner.logits, best.assigner.logits)
+    for name, parameter in argmax.policy.state_dict().items():
+        assert th.equal(parameter, best.policy.state_dict()[name]), name
+    logits_argmax = argmax.assigner.logits.argmax(dim=1).numpy()
+    np.testing.assert_array_equal(argmax.assignment(), logits_argmax)
+    table = best.training_returns
+    assert np.all(np.isfinite(table))
+    np.testing.assert_array_equal(best.assigner.returns_table, table)
+    deployed = best.assignment()
+    np.testing.assert_array_equal(deployed, best_response(table, logits_argmax))
+    # CartPole's rewards, scaled per agent: every agent is best served by the same representative.
+    assert np.any(deployed != logits_argmax)
+    assert utilitarian_welfare(table, deployed) > utilitarian_welfare(table, logits_argmax)
+
+
+def test_best_response_waits_for_every_representatives_returns() -> None:
+    assigner = EndToEndAssigner(deploy="best_response", seed=0)
+    assigner.bind(3, 2)
+    logits_argmax = assigner.logits.argmax(dim=1).numpy()
+    np.testing.assert_array_equal(assigner.assignment(), logits_argmax)  # no rollout yet
+    assigner.returns_table = np.array([[1.0, np.nan], [2.0, np.nan], [0.0, np.nan]])
+    np.testing.assert_array_equal(assigner.assignment(), logits_argmax)  # representative 1 has none
+    assigner.returns_table = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(assigner.assignment(), [1, 0, logits_argmax[2]])
+
+
+def test_unknown_deploy_says_so() -> None:
+    with pytest.raises(ValueError, match=r"deploy='best'.*'argmax', 'best_response'"):
+        EndToEndAssigner(deploy="best")
 
 
 def test_with_one_representative_every_assigner_trains_the_same_policy() -> None:

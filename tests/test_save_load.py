@@ -32,7 +32,8 @@ def _assigner(name: str) -> Assigner:
         # A warm start that the budget does not cap, so that learn(N) twice plans as learn(2N) does.
         return EMAssigner(mixing=0.5, warm_start_updates=1, max_warm_start_fraction=1.0)
     if name == "end_to_end":
-        return EndToEndAssigner(lr=0.05, gradient_statistics="none")  # a non-default that must survive
+        # non-defaults that must survive
+        return EndToEndAssigner(lr=0.05, gradient_statistics="none", deploy="best_response")
     if name == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=64, n_init=2)
     return RandomAssigner()
@@ -91,6 +92,8 @@ def _assert_same_training_state(expected: RMDPPPO, got: RMDPPPO) -> None:
     if isinstance(expected.assigner, EndToEndAssigner):
         assert isinstance(got.assigner, EndToEndAssigner)
         assert expected.assigner.gradient_statistics == got.assigner.gradient_statistics
+        assert expected.assigner.deploy == got.assigner.deploy
+        _assert_identical(expected.assigner.returns_table, got.assigner.returns_table, "returns_table")
         _assert_identical(expected.assigner.logits.detach(), got.assigner.logits.detach(), "logits")
         _assert_identical(
             expected.assigner.optimizer.state_dict(),
@@ -122,6 +125,7 @@ def test_resume_is_bit_exact(assigner: str, tmp_path: Path) -> None:
     if assigner == "end_to_end":
         assert loaded.assigner.optimizer.param_groups[0]["params"][0] is loaded.assigner.logits
         assert loaded.assigner.gradient_statistics == "none"
+        assert loaded.assigner.deploy == "best_response"
 
 
 def test_resume_is_bit_exact_on_resource_gathering(tmp_path: Path) -> None:

@@ -263,6 +263,13 @@ def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     )
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_gradient_statistics"]) for r in rows] == [(0, "both")]
+    # And the deployed assignment (rows without it: "argmax").
+    deployed = {"end_to_end_deploy": "best_response"}
+    with pytest.raises(ValueError, match="one end_to_end_deploy"):
+        benchmark.merge([run("s", 0, deployed), run("t", 1, {})], out)
+    benchmark.merge([run("u", 0, deployed), run("v", 1, {})], out, exclude=["end_to_end_deploy=argmax"])
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_deploy"]) for r in rows] == [(0, "best_response")]
     # A k = 1 row shared from another algorithm learned no logits and pools with any setting.
     shared = {"k": 1, "shared_with": "em"}
     benchmark.merge([run("q", 0, reference), run("r", 1, shared)], out)
@@ -275,14 +282,28 @@ def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
 
     benchmark = load_benchmark("mujoco_velocity")
     default = benchmark.make_assigner("end_to_end", 0, 4.0)
-    assert (default.lr, default.init_scale, default.gradient_statistics) == (2e-3, 1.0, "mean")
+    assert (default.lr, default.init_scale, default.gradient_statistics, default.deploy) == (
+        2e-3,
+        1.0,
+        "mean",
+        "argmax",
+    )
     custom = benchmark.make_assigner(
         "end_to_end",
         0,
         4.0,
-        end_to_end={"end_to_end_init_scale": 3.0, "end_to_end_gradient_statistics": "none"},
+        end_to_end={
+            "end_to_end_init_scale": 3.0,
+            "end_to_end_gradient_statistics": "none",
+            "end_to_end_deploy": "best_response",
+        },
     )
-    assert (custom.lr, custom.init_scale, custom.gradient_statistics) == (2e-3, 3.0, "none")
+    assert (custom.lr, custom.init_scale, custom.gradient_statistics, custom.deploy) == (
+        2e-3,
+        3.0,
+        "none",
+        "best_response",
+    )
 
 
 def test_interval_breaks_of_no_agents_is_zero() -> None:
