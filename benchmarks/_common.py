@@ -61,6 +61,7 @@ FLOAT_COLUMNS = (
     "welfare_eval",
     "welfare_train",
     "welfare_eval_reassigned",
+    "welfare_eval_argmax",
     "optimal_welfare",
     "upper_bound",
     "fraction_of_bound",

@@ -229,6 +229,14 @@ def run_cell(
     }
 
 
+def shared_row(row: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """``row`` (a k = 1 cell) reported for ``algorithm`` too: the settings of the algorithm that trained
+    it are blanked (they were not ``algorithm``'s), so the copy pools with runs of any setting."""
+    own = {"em": ("em_e_step",), "end_to_end": (*END_TO_END_DEFAULTS, "welfare_eval_argmax")}
+    blank = {c: "" for a, columns in own.items() if a != algorithm for c in columns if c in row}
+    return {**row, **blank, "algorithm": algorithm, "shared_with": row["algorithm"]}
+
+
 def interval_breaks(targets: Any, assignment: Any) -> int:
     """How far an assignment is from splitting the velocity range into contiguous intervals.
 
@@ -459,7 +467,7 @@ def main() -> None:
             )
     for row in [r for r in rows if r["k"] == 1 and args.share_k1]:
         for algorithm in args.algorithms[1:]:
-            rows.append({**row, "algorithm": algorithm, "shared_with": row["algorithm"]})
+            rows.append(shared_row(row, algorithm))
     rows.sort(key=lambda r: (r["env"], ALGORITHMS.index(r["algorithm"]), r["k"], r["n_agents"], r["seed"]))
 
     add_interval_breaks(rows)
@@ -548,6 +556,12 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         for column, default in END_TO_END_DEFAULTS.items():
             if learned_logits and row.get(column) in (None, ""):
                 row[column] = default  # written before the column existed
+        if (
+            learned_logits
+            and row.get("welfare_eval_argmax") in (None, "")
+            and row["end_to_end_deploy"] == "argmax"
+        ):
+            row["welfare_eval_argmax"] = row["welfare_eval"]  # deployed the argmax, before the column existed
     for condition in exclude or []:
         column, equals, value = condition.partition("=")
         if not equals or not column:

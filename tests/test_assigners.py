@@ -334,6 +334,7 @@ def test_deploying_the_best_response_changes_the_assignment_not_the_training() -
     table = best.training_returns
     assert np.all(np.isfinite(table))
     np.testing.assert_array_equal(best.assigner.returns_table, table)
+    assert not np.shares_memory(best.assigner.returns_table, table)  # a copy: the model's changes
     deployed = best.assignment()
     np.testing.assert_array_equal(deployed, best_response(table, logits_argmax))
     # CartPole's rewards, scaled per agent: every agent is best served by the same representative.
@@ -418,3 +419,32 @@ def test_end_to_end_logs_the_deployed_welfare_and_the_soft_one() -> None:
     )
     assert recorded[-1]["welfare/soft"] == pytest.approx(utilitarian_welfare(table, soft))
     assert recorded[-1]["welfare/soft"] != pytest.approx(recorded[-1]["welfare/utilitarian"])
+
+
+def test_end_to_end_best_response_logs_the_deployed_welfare_and_the_argmax() -> None:
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def keep_table_and_argmax(callback: LogRecorder) -> None:
+        with th.no_grad():
+            logits_argmax = callback.model.assigner.logits.argmax(dim=1).numpy()
+        seen.append((callback.model.training_returns.copy(), logits_argmax))
+
+    recorder = LogRecorder(keep_table_and_argmax)
+    model = RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        n_steps=200,
+        batch_size=100,
+        n_epochs=1,
+        assigner=EndToEndAssigner(init_scale=0.3, seed=0, deploy="best_response"),
+        seed=0,
+    )
+    model.learn(1600, callback=recorder)
+    assert len(seen) == 4 and all(np.all(np.isfinite(table)) for table, _ in seen)
+    for values, (table, logits_argmax) in zip(recorder.recorded, seen):
+        deployed = best_response(table, logits_argmax)  # on this rollout's table, not the one before
+        assert values["welfare/utilitarian"] == pytest.approx(utilitarian_welfare(table, deployed))
+        assert values["welfare/argmax"] == pytest.approx(utilitarian_welfare(table, logits_argmax))
+    assert any(v["welfare/argmax"] < v["welfare/utilitarian"] - 1e-6 for v in recorder.recorded)

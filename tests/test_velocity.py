@@ -275,6 +275,26 @@ def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     benchmark.merge([run("q", 0, reference), run("r", 1, shared)], out)
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["k"], r["end_to_end_gradient_statistics"]) for r in rows] == [(1, ""), (2, "both")]
+    assert [r["end_to_end_deploy"] for r in rows] == ["", "argmax"]
+    # Rows written before `welfare_eval_argmax` deployed the argmax: it is their `welfare_eval`.
+    assert [r["welfare_eval_argmax"] for r in rows] == ["", rows[1]["welfare_eval"]]
+
+
+def test_a_shared_k1_row_drops_the_settings_of_the_algorithm_that_trained_it() -> None:
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("mujoco_velocity")
+    trained = {
+        "algorithm": "end_to_end", "k": 1, "em_e_step": "", "welfare_eval": 3.0, "welfare_eval_argmax": 3.0,
+        **benchmark.END_TO_END_DEFAULTS, "end_to_end_deploy": "best_response", "shared_with": "",
+    }  # fmt: skip
+    copy = benchmark.shared_row(trained, "em")
+    assert copy["algorithm"] == "em" and copy["shared_with"] == "end_to_end" and copy["welfare_eval"] == 3.0
+    assert all(copy[c] == "" for c in (*benchmark.END_TO_END_DEFAULTS, "welfare_eval_argmax"))
+    em_row = {**trained, "algorithm": "em", "em_e_step": "revive_idle"}
+    em_row.update({c: "" for c in (*benchmark.END_TO_END_DEFAULTS, "welfare_eval_argmax")})
+    assert benchmark.shared_row(em_row, "kmeans")["em_e_step"] == ""
+    assert benchmark.shared_row(em_row, "end_to_end")["em_e_step"] == ""
 
 
 def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:

@@ -142,8 +142,9 @@ class Assigner(BaseCallback):
     def _log(self) -> None:
         """Record ``welfare/*`` and ``assignment/*`` in SB3's logger.
 
-        ``welfare/*`` is the welfare of the **deployed** hard assignment (each agent's argmax) on the
-        last rollouts' training returns: what users would get; soft assigners add their own soft figure.
+        ``welfare/*`` is the welfare of the **deployed** hard assignment (:meth:`assignment`: each agent's
+        argmax, unless a subclass deploys otherwise) on the last rollouts' training returns: what users
+        would get; soft assigners add their own soft figure.
         """
         table = getattr(self.model, "training_returns", None)
         hard = self.assignment()

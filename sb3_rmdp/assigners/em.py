@@ -13,7 +13,7 @@ def best_response(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
     The welfare of ``table`` under the result is the largest any assignment reaches, and never below
     that of ``assignment``. Representatives may be left empty (:func:`e_step` prevents that).
 
-    :param table: agent returns ``(n_agents, k)``.
+    :param table: finite agent returns ``(n_agents, k)``.
     :param assignment: current hard assignment ``(n_agents,)``.
     :return: new hard assignment ``(n_agents,)``.
     """

@@ -124,3 +124,5 @@ class EndToEndAssigner(Assigner):
             with th.no_grad():
                 soft = self.weights().cpu().numpy()
             self.logger.record("welfare/soft", utilitarian_welfare(table, soft))
+            if self.deploy != "argmax":
+                self.logger.record("welfare/argmax", utilitarian_welfare(table, soft.argmax(axis=1)))
