@@ -62,6 +62,7 @@ FLOAT_COLUMNS = (
     "welfare_train",
     "welfare_eval_reassigned",
     "welfare_eval_argmax",
+    "interval_welfare_share",
     "optimal_welfare",
     "upper_bound",
     "fraction_of_bound",

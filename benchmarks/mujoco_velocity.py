@@ -255,6 +255,35 @@ def interval_breaks(targets: Any, assignment: Any) -> int:
     return runs - len(np.unique(ordered))
 
 
+def interval_welfare_share(targets: Any, assignment: Any, returns: Any) -> float:
+    """The fraction of the welfare earned inside each representative's main interval of target velocities.
+
+    Agents sorted by target form runs of equal representatives, among the agents with a positive return
+    (the others change no welfare wherever they go). Each representative's *main* run is the one whose
+    agents earn it the most; the share is the main runs' returns over all returns: 1 for a split into
+    contiguous intervals, and a fragment of agents that earn little hardly lowers it, where
+    :func:`interval_breaks` counts it as a whole break.
+
+    :param targets: ``(n_agents,)`` target velocities.
+    :param assignment: ``(n_agents,)`` representative of each agent.
+    :param returns: ``(n_agents,)`` each agent's return under its representative (non-negative).
+    :return: in [0, 1]; 1 when nobody earns anything.
+    """
+    import numpy as np
+
+    order = np.argsort(np.asarray(targets), kind="stable")
+    ordered, earned = np.asarray(assignment)[order], np.asarray(returns, dtype=float)[order]
+    ordered, earned = ordered[earned > 0], earned[earned > 0]
+    if earned.size == 0:
+        return 1.0
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    run_returns = np.add.reduceat(earned, starts)
+    main: dict[int, float] = {}
+    for representative, run_return in zip(ordered[starts], run_returns):
+        main[int(representative)] = max(main.get(int(representative), 0.0), float(run_return))
+    return float(sum(main.values()) / earned.sum())
+
+
 def served_agents(row: dict[str, Any]) -> Any:
     """``(n_agents,)`` bool: the agents whose deployed evaluation return is positive, or ``None`` for rows
     written before the ``returns`` column existed.
@@ -270,7 +299,8 @@ def served_agents(row: dict[str, Any]) -> Any:
 
 def add_interval_breaks(rows: list[dict[str, Any]]) -> None:
     """Set each row's ``interval_breaks`` from its ``targets`` and ``assignment`` columns, and, for rows
-    with a ``returns`` column, ``served_interval_breaks``: the same over the served agents only."""
+    with a ``returns`` column, ``served_interval_breaks`` (the same over the served agents only) and
+    ``interval_welfare_share`` (:func:`interval_welfare_share`)."""
     import numpy as np
 
     for row in rows:
@@ -281,6 +311,8 @@ def add_interval_breaks(rows: list[dict[str, Any]]) -> None:
         if served is not None:
             row["served"] = int(served.sum())
             row["served_interval_breaks"] = interval_breaks(targets[served], assignment[served])
+            returns = np.array(str(row["returns"]).split(), dtype=float)
+            row["interval_welfare_share"] = round(interval_welfare_share(targets, assignment, returns), 4)
 
 
 def rescore(path: Path) -> None:
@@ -324,7 +356,7 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
     b = TARGET_RANGES[f"{env_name}-v5"]
     bins = np.linspace(0, b, 21)
     # at least 5.5 in wide: the suptitle fits over a single panel
-    fig, axes = plt.subplots(1, len(chosen), figsize=(max(3.4 * len(chosen), 5.5), 3.2), sharey=True)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(max(3.4 * len(chosen), 5.5), 3.8), sharey=True)
     for ax, row in zip(np.atleast_1d(axes), chosen):
         targets = np.array(row["targets"].split(), dtype=float)
         assignment = np.array(row["assignment"].split(), dtype=int)
@@ -337,10 +369,15 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
         else:
             groups = [targets[(assignment == j) & served] for j in range(k)] + [targets[~served]]
             labels = [f"rep {j}" for j in range(k)] + ["unserved"]
-            breaks = f"{interval_breaks(targets[served], assignment[served])} breaks among served"
+            returns = np.array(str(row["returns"]).split(), dtype=float)
+            share = interval_welfare_share(targets, assignment, returns)
+            breaks = (
+                f"{interval_breaks(targets[served], assignment[served])} breaks among served\n"
+                f"{100 * share:.0f}% of welfare in one interval per rep"
+            )
             colors = [f"C{j}" for j in range(k)] + ["0.8"]
         ax.hist(groups, bins=bins, stacked=True, label=labels, color=colors)
-        ax.set_title(f"{row['algorithm']}: welfare {float(row['welfare_eval']):.1f}, {breaks}", fontsize=9)
+        ax.set_title(f"{row['algorithm']}: welfare {float(row['welfare_eval']):.1f}\n{breaks}", fontsize=9)
         ax.set_xlabel("target velocity")
     np.atleast_1d(axes)[0].set_ylabel("agents")
     with_unserved = [i for i, row in enumerate(chosen) if served_agents(row) is not None]
@@ -514,6 +551,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     summary[f"{algorithm}/k={k}/n={n}"][key] = [
                         None if r.get(key) in (None, "") else int(r[key]) for r in cell
                     ]
+                summary[f"{algorithm}/k={k}/n={n}"]["interval_welfare_share"] = [
+                    None
+                    if r.get("interval_welfare_share") in (None, "")
+                    else float(r["interval_welfare_share"])
+                    for r in cell
+                ]
     return summary
 
 

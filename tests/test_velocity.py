@@ -214,6 +214,7 @@ def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp
     # Sorted by target: 0 0 1 1 | 0 (the unserved 3.5 m/s agent): one break in all, none among the served.
     assert cell["interval_breaks"] == [1, 1] and cell["served_interval_breaks"] == [0, 0]
     assert cell["served"] == [4, 4]
+    assert cell["interval_welfare_share"] == [1.0, 1.0]
     with pytest.raises(ValueError, match="one em_e_step"):
         benchmark.merge([run("c", 2, revived), run("d", 3, {})], out)
     # Leaving the greedy EM rows out pools the rest.
@@ -324,6 +325,21 @@ def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
         "none",
         "best_response",
     )
+
+
+def test_interval_welfare_share_weighs_each_fragment_by_what_its_agents_earn() -> None:
+    from conftest import load_benchmark
+
+    share = load_benchmark("mujoco_velocity").interval_welfare_share
+    targets = [3.0, 0.1, 1.0, 0.5, 2.0, 3.5]
+    assert share(targets, [1, 0, 1, 0, 1, 1], [5, 5, 5, 5, 5, 5]) == 1.0  # 0 0 | 1 1 1 1
+    # Sorted: 0 0 1 1 | 0 | 1: the second runs of 0 and 1 earn 5 and 2 of the 47
+    assert share(targets, [0, 0, 1, 0, 1, 1], [5, 10, 10, 10, 10, 2]) == pytest.approx(40 / 47)
+    # Agents who earn nothing count for nothing, and split no run.
+    assert share(targets, [0, 0, 1, 0, 1, 1], [0, 10, 10, 10, 10, 2]) == 1.0
+    assert share(targets, [0, 1, 0, 1, 0, 1], [0] * 6) == 1.0
+    # The smaller run of the representative is the fragment, wherever it lies.
+    assert share([0.1, 0.2, 0.3], [0, 1, 0], [1, 1, 3]) == pytest.approx(4 / 5)
 
 
 def test_interval_breaks_of_no_agents_is_zero() -> None:
