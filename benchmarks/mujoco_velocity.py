@@ -316,7 +316,8 @@ def add_interval_breaks(rows: list[dict[str, Any]]) -> None:
 
 
 def rescore(path: Path) -> None:
-    """Add ``interval_breaks`` to a committed results CSV (and its JSON summary); redraw its histograms."""
+    """Add the derived columns (``interval_breaks``, ``interval_welfare_share``, ...) to a committed results
+    CSV and its JSON summary; redraw its welfare plot and histograms."""
     rows = read_rows(path)
     add_interval_breaks(rows)
     meta_path = path.with_suffix(".json")
@@ -325,6 +326,7 @@ def rescore(path: Path) -> None:
     if "summary_welfare_eval" in meta:
         meta["summary_welfare_eval"] = summarize(rows)
     meta_path.write_text(json.dumps(meta, indent=2))
+    plot_welfare(rows, str(rows[0]["env"]), path.with_suffix(".png"))
     plot_histograms(rows, str(rows[0]["env"]), path.parent / f"{path.stem}_histograms.png")
 
 

@@ -346,3 +346,21 @@ def test_interval_breaks_of_no_agents_is_zero() -> None:
     from conftest import load_benchmark
 
     assert load_benchmark("mujoco_velocity").interval_breaks(np.array([]), np.array([], dtype=int)) == 0
+
+
+def test_rescore_adds_the_derived_columns_and_redraws_both_plots(tmp_path) -> None:
+    import json
+
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("mujoco_velocity")
+    stem = _velocity_run(tmp_path / "old", {"algorithm": "em", "returns": "30.00 0.00"})
+    csv_path = benchmark.result_path(stem, ".csv")
+    sidecar = json.loads(benchmark.result_path(stem, ".json").read_text())
+    benchmark.result_path(stem, ".json").write_text(json.dumps({**sidecar, "summary_welfare_eval": {}}))
+    benchmark.rescore(csv_path)
+    (row,) = benchmark.read_rows(csv_path)
+    assert (row["served"], row["served_interval_breaks"], row["interval_welfare_share"]) == (1, 0, 1.0)
+    summary = json.loads(benchmark.result_path(stem, ".json").read_text())["summary_welfare_eval"]
+    assert summary["em/k=2/n=2"]["interval_welfare_share"] == [1.0]
+    assert (tmp_path / "old.png").stat().st_size > 0 and (tmp_path / "old_histograms.png").stat().st_size > 0
