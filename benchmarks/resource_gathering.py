@@ -49,6 +49,9 @@ END_TO_END_LR = 1e-2
 #: the normalization statistics the logits' gradient flows through (``EndToEndAssigner``'s default;
 #: rows written before the ``end_to_end_gradient_statistics`` column used it)
 END_TO_END_GRADIENT_STATISTICS = "mean"
+#: end-to-end's deployed assignment (``EndToEndAssigner``'s default; rows written before the
+#: ``end_to_end_deploy`` column deployed it)
+END_TO_END_DEPLOY = "argmax"
 
 
 def make_assigner(
@@ -56,6 +59,7 @@ def make_assigner(
     seed: int,
     end_to_end_lr: float = END_TO_END_LR,
     end_to_end_gradient_statistics: str = END_TO_END_GRADIENT_STATISTICS,
+    end_to_end_deploy: str = END_TO_END_DEPLOY,
 ) -> Any:
     from sb3_rmdp.assigners import EMAssigner, EndToEndAssigner, KMeansAssigner, RandomAssigner
     from sb3_rmdp.hyperparams import HYPERPARAMS
@@ -64,7 +68,10 @@ def make_assigner(
         return EMAssigner(**HYPERPARAMS[ENV_ID]["assigner_kwargs"])
     if algorithm == "end_to_end":
         return EndToEndAssigner(
-            lr=end_to_end_lr, gradient_statistics=end_to_end_gradient_statistics, seed=seed
+            lr=end_to_end_lr,
+            gradient_statistics=end_to_end_gradient_statistics,
+            deploy=end_to_end_deploy,
+            seed=seed,
         )
     if algorithm == "kmeans":
         return KMeansAssigner(pretrain_fraction=0.5, n_samples=10_000, seed=seed)
@@ -80,6 +87,7 @@ def run_cell(
     budget_per_representative: int,
     end_to_end_lr: float = END_TO_END_LR,
     end_to_end_gradient_statistics: str = END_TO_END_GRADIENT_STATISTICS,
+    end_to_end_deploy: str = END_TO_END_DEPLOY,
 ) -> dict[str, Any]:
     """Train and evaluate one (algorithm, k, seed) cell; returns its CSV row (and paths)."""
     import gymnasium as gym
@@ -93,7 +101,9 @@ def run_cell(
     from sb3_rmdp.welfare import best_assignment, evaluate_agent_returns, utilitarian_welfare
 
     params = hyperparams_for(ENV_ID)
-    params["assigner"] = make_assigner(algorithm, seed, end_to_end_lr, end_to_end_gradient_statistics)
+    params["assigner"] = make_assigner(
+        algorithm, seed, end_to_end_lr, end_to_end_gradient_statistics, end_to_end_deploy
+    )
     reward_scale = params["env_kwargs"]["reward_scale"]
     start = time.perf_counter()
     model = RMDPPPO("MlpPolicy", ENV_ID, k=k, seed=seed, **params)
@@ -112,9 +122,14 @@ def run_cell(
         "budget_per_representative": budget_per_representative,
         "end_to_end_lr": end_to_end_lr if algorithm == "end_to_end" else "",
         "end_to_end_gradient_statistics": end_to_end_gradient_statistics if algorithm == "end_to_end" else "",
+        "end_to_end_deploy": end_to_end_deploy if algorithm == "end_to_end" else "",
         "welfare_eval": round(utilitarian_welfare(table, model.assignment()), 4),
         "welfare_train": round(utilitarian_welfare(train_table, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
+        # the same training run deployed by the argmax of its logits, whatever its `end_to_end_deploy`
+        "welfare_eval_argmax": (
+            round(utilitarian_welfare(table, weights.argmax(axis=1)), 4) if algorithm == "end_to_end" else ""
+        ),
         "optimal_welfare": round(optimal_welfare(k), 4),
         "wall_s": round(wall, 1),
         "assignment": " ".join(map(str, model.assignment())),
@@ -201,11 +216,19 @@ def merge(sources: list[Path], out: Path) -> None:
         row.setdefault("shared_with", "")
         row.setdefault("end_to_end_lr", "")
         if row["algorithm"] == "end_to_end" and not row["shared_with"]:
-            row.setdefault(
-                "end_to_end_gradient_statistics", END_TO_END_GRADIENT_STATISTICS
-            )  # written before it
-        row.setdefault("end_to_end_gradient_statistics", "")
-    same = ("budget_per_representative", "end_to_end_lr", "end_to_end_gradient_statistics")
+            # written before the columns existed
+            row.setdefault("end_to_end_gradient_statistics", END_TO_END_GRADIENT_STATISTICS)
+            row.setdefault("end_to_end_deploy", END_TO_END_DEPLOY)
+            if row["end_to_end_deploy"] == "argmax" and row.get("welfare_eval_argmax") in (None, ""):
+                row["welfare_eval_argmax"] = row["welfare_eval"]
+        for column in ("end_to_end_gradient_statistics", "end_to_end_deploy", "welfare_eval_argmax"):
+            row.setdefault(column, "")
+    same = (
+        "budget_per_representative",
+        "end_to_end_lr",
+        "end_to_end_gradient_statistics",
+        "end_to_end_deploy",
+    )
     check_mergeable(rows, cell=("algorithm", "k", "seed"), same=same)
     em_k1 = {r["seed"]: r for r in rows if r["algorithm"] == "em" and r["k"] == 1}
     for algorithm in sorted({r["algorithm"] for r in rows} - {"em"}):
@@ -223,7 +246,7 @@ def merge(sources: list[Path], out: Path) -> None:
 
 
 def main() -> None:
-    from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS  # lazily: --merge needs no torch
+    from sb3_rmdp.assigners.end_to_end import DEPLOY, GRADIENT_STATISTICS  # lazily: --merge needs no torch
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,6 +267,13 @@ def main() -> None:
         default=END_TO_END_GRADIENT_STATISTICS,
         help="the normalization statistics end-to-end's logits' gradient flows through "
         "(sb3_rmdp.ppo.normalize_per_representative)",
+    )
+    parser.add_argument(
+        "--end-to-end-deploy",
+        choices=DEPLOY,
+        default=END_TO_END_DEPLOY,
+        help="end-to-end's deployed assignment: the logits' argmax or each agent's best representative on "
+        "the latest training returns (EndToEndAssigner(deploy=...))",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "resource_gathering")
     parser.add_argument(
@@ -273,6 +303,7 @@ def main() -> None:
                 args.budget_per_representative,
                 args.end_to_end_lr,
                 args.end_to_end_gradient_statistics,
+                args.end_to_end_deploy,
             ): (a, k, s)
             for a, k, s in cells
         }
@@ -298,6 +329,7 @@ def main() -> None:
         "end_to_end_gradient_statistics": (
             args.end_to_end_gradient_statistics if "end_to_end" in args.algorithms else None
         ),
+        "end_to_end_deploy": args.end_to_end_deploy if "end_to_end" in args.algorithms else None,
         "n_jobs": args.n_jobs,
         "torch_threads_per_worker": 1,
         "wall_s": round(time.time() - started, 1),

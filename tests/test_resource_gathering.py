@@ -328,3 +328,25 @@ def test_benchmark_merge_keeps_gradient_statistics_apart(tmp_path) -> None:
     benchmark.merge([run("c", 0, none), run("d", 1, none)], tmp_path / "merged")
     rows, _ = benchmark.read_run(tmp_path / "merged")
     assert [r["end_to_end_gradient_statistics"] for r in rows] == ["none", "none"]
+    # Likewise the deployed assignment (rows without it: "argmax", whose welfare_eval is the argmax's).
+    best = {**none, "end_to_end_deploy": "best_response", "welfare_eval_argmax": 79.0}
+    with pytest.raises(ValueError, match="one end_to_end_deploy"):
+        benchmark.merge([run("e", 0, best), run("f", 1, none)], tmp_path / "merged")
+    benchmark.merge([run("g", 0, none), run("h", 1, {**none, "welfare_eval": 81.0})], tmp_path / "merged")
+    rows, _ = benchmark.read_run(tmp_path / "merged")
+    assert [(r["end_to_end_deploy"], r["welfare_eval_argmax"]) for r in rows] == [
+        ("argmax", 80.0),
+        ("argmax", 81.0),
+    ]
+    benchmark.merge([run("i", 0, best), run("j", 1, best)], tmp_path / "merged")
+    rows, _ = benchmark.read_run(tmp_path / "merged")
+    assert [(r["end_to_end_deploy"], r["welfare_eval_argmax"]) for r in rows] == [("best_response", 79.0)] * 2
+
+
+def test_benchmark_deploy_reaches_the_assigner() -> None:
+    from conftest import load_benchmark
+
+    benchmark = load_benchmark("resource_gathering")
+    assert benchmark.make_assigner("end_to_end", 0).deploy == "argmax"
+    assigner = benchmark.make_assigner("end_to_end", 0, 0.01, "none", "best_response")
+    assert (assigner.lr, assigner.gradient_statistics, assigner.deploy) == (0.01, "none", "best_response")
