@@ -62,6 +62,7 @@ FLOAT_COLUMNS = (
     "welfare_train",
     "welfare_eval_reassigned",
     "welfare_eval_argmax",
+    "welfare_eval_best_response_latest",
     "interval_welfare_share",
     "optimal_welfare",
     "upper_bound",

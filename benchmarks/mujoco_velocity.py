@@ -21,7 +21,8 @@ EM revives idle representatives by default (``EMAssigner(revive_idle=True)``, re
 unless ``--end-to-end-lr``, ``--end-to-end-init-scale``, ``--end-to-end-gradient-statistics`` or
 ``--end-to-end-deploy`` say otherwise (recorded in the ``end_to_end_*`` columns; ``--merge`` never pools
 different settings). End-to-end rows also score the argmax of the logits (``welfare_eval_argmax``),
-whichever assignment they deploy.
+whichever assignment they deploy, and the best response to the latest rollout's training returns alone
+(``welfare_eval_best_response_latest``; the deployed best response reads a moving average).
 
 What fits 2 cores in a session (the first committed results: two runs, merged)::
 
@@ -168,6 +169,7 @@ def run_cell(
 
     th.set_num_threads(1)
     from sb3_rmdp import RMDPPPO
+    from sb3_rmdp.assigners import best_response
     from sb3_rmdp.envs import make_rmdp_vec_env
     from sb3_rmdp.envs.velocity import TARGET_RANGES, welfare_upper_bound
     from sb3_rmdp.welfare import best_assignment, evaluate_agent_returns, utilitarian_welfare
@@ -215,9 +217,17 @@ def run_cell(
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
-        # the same training run deployed by the argmax of its logits, whatever its `end_to_end_deploy`
+        # the same training run deployed by the argmax of its logits, whatever its `end_to_end_deploy`,
+        # and by the best response to the latest rollout's returns alone (`EndToEndAssigner(mixing=1)`)
         "welfare_eval_argmax": (
             round(utilitarian_welfare(table, weights.argmax(axis=1)), 4) if algorithm == "end_to_end" else ""
+        ),
+        "welfare_eval_best_response_latest": (
+            round(
+                utilitarian_welfare(table, best_response(model.training_returns, weights.argmax(axis=1))), 4
+            )
+            if algorithm == "end_to_end" and np.all(np.isfinite(model.training_returns))
+            else ""
         ),
         "upper_bound": round(bound, 4),
         "fraction_of_bound": round(welfare / bound, 4),
@@ -232,7 +242,10 @@ def run_cell(
 def shared_row(row: dict[str, Any], algorithm: str) -> dict[str, Any]:
     """``row`` (a k = 1 cell) reported for ``algorithm`` too: the settings of the algorithm that trained
     it are blanked (they were not ``algorithm``'s), so the copy pools with runs of any setting."""
-    own = {"em": ("em_e_step",), "end_to_end": (*END_TO_END_DEFAULTS, "welfare_eval_argmax")}
+    own = {
+        "em": ("em_e_step",),
+        "end_to_end": (*END_TO_END_DEFAULTS, "welfare_eval_argmax", "welfare_eval_best_response_latest"),
+    }
     blank = {c: "" for a, columns in own.items() if a != algorithm for c in columns if c in row}
     return {**row, **blank, "algorithm": algorithm, "shared_with": row["algorithm"]}
 

@@ -2,7 +2,7 @@
 
 from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.assigners.coverage import CoverageAssigner
-from sb3_rmdp.assigners.em import EMAssigner, best_response, e_step
+from sb3_rmdp.assigners.em import EMAssigner, best_response, e_step, mix_returns
 from sb3_rmdp.assigners.end_to_end import EndToEndAssigner
 from sb3_rmdp.assigners.fixed import (
     FixedAssigner,
@@ -52,5 +52,6 @@ __all__ = [
     "equal_width_bins",
     "kmeans_assignment",
     "make_assigner",
+    "mix_returns",
     "random_even_assignment",
 ]

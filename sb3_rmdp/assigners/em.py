@@ -7,6 +7,32 @@ import numpy as np
 from sb3_rmdp.assigners.base import Assigner, one_hot
 
 
+def mix_returns(
+    table: np.ndarray, observed: np.ndarray, episode_returns: list[np.ndarray], mixing: float
+) -> None:
+    """Mix each representative's mean episode return vector into its column of ``table``, in place.
+
+    ``table[:, j] <- (1 - mixing) table[:, j] + mixing G_j`` (the paper's eq. 10), with ``G_j`` the mean
+    return vector of the episodes representative j finished; a column's first observation is taken as
+    it is (``observed[j]`` is then set), so the table carries no bias from its start.
+
+    :param table: agent returns ``(n_agents, k)``, updated in place.
+    :param observed: ``(k,)`` bool, whether each column has had an observation; updated in place.
+    :param episode_returns: per representative, the returns ``(m_j, n_agents)`` of the episodes it
+        finished (``m_j`` may be 0: the column is then left as it is).
+    :param mixing: the moving-average coefficient in (0, 1]; 1 keeps the latest observation only.
+    """
+    for j, returns in enumerate(episode_returns):
+        if len(returns) == 0:
+            continue
+        mean_return = np.asarray(returns, dtype=np.float64).mean(axis=0)
+        if observed[j]:
+            table[:, j] = (1.0 - mixing) * table[:, j] + mixing * mean_return
+        else:
+            table[:, j] = mean_return
+            observed[j] = True
+
+
 def best_response(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
     """Every agent's best representative ``argmax_j table[i, j]``, staying put on ties.
 
@@ -196,20 +222,12 @@ class EMAssigner(Assigner):
         return self.hard_assignment.copy()
 
     def update_table(self, episode_returns: list[np.ndarray]) -> None:
-        """Mix each representative's mean episode return vector into its column of ``Q``.
+        """Mix each representative's mean episode returns into its column of ``Q`` (:func:`mix_returns`).
 
         :param episode_returns: per representative, the returns ``(m_j, n_agents)`` of the episodes it
             finished (``m_j`` may be 0: the column is then left as it is).
         """
-        for j, returns in enumerate(episode_returns):
-            if len(returns) == 0:
-                continue
-            mean_return = np.asarray(returns, dtype=np.float64).mean(axis=0)
-            if self.observed[j]:
-                self.q_table[:, j] = (1.0 - self.mixing) * self.q_table[:, j] + self.mixing * mean_return
-            else:
-                self.q_table[:, j] = mean_return
-                self.observed[j] = True
+        mix_returns(self.q_table, self.observed, episode_returns, self.mixing)
 
     def _on_training_start(self) -> None:
         if self.effective_warm_start is None:

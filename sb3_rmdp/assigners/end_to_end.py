@@ -6,7 +6,7 @@ import numpy as np
 import torch as th
 
 from sb3_rmdp.assigners.base import Assigner
-from sb3_rmdp.assigners.em import best_response
+from sb3_rmdp.assigners.em import best_response, mix_returns
 from sb3_rmdp.welfare import utilitarian_welfare
 
 #: which statistics of the per-representative advantage normalization the logits' gradient flows
@@ -14,7 +14,8 @@ from sb3_rmdp.welfare import utilitarian_welfare
 #: (the paper's reference code), or neither.
 GRADIENT_STATISTICS = ("mean", "both", "none")
 #: how the deployed hard assignment is read off: each agent's largest logit (the paper), or each agent's
-#: best representative on the latest training returns (a final E-step over the trained policies).
+#: best representative on a moving average of the training returns (a final E-step over the trained
+#: policies).
 DEPLOY = ("argmax", "best_response")
 
 
@@ -25,7 +26,8 @@ class EndToEndAssigner(Assigner):
     detaching them, so the clipped PPO policy loss is also the assignment's loss (eq. 12); this
     assigner's own Adam steps in the same backward pass as the policy's optimizer. The deployed
     assignment (:meth:`assignment`) is the argmax of each agent's row, or with
-    ``deploy="best_response"`` each agent's best representative on the latest training returns; its
+    ``deploy="best_response"`` each agent's best representative on a moving average of the training
+    returns; its
     welfare is the headline figure (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged
     as ``welfare/soft``. Training is the same either way: only the hard assignment read off differs.
 
@@ -39,20 +41,27 @@ class EndToEndAssigner(Assigner):
         flows through (see :func:`sb3_rmdp.ppo.normalize_per_representative`): ``"mean"`` (the mean
         only), ``"both"`` (mean and std, as the paper's reference code) or ``"none"``.
     :param deploy: ``"argmax"`` (the paper): each agent goes to its largest logit. ``"best_response"``:
-        each agent goes to the representative with its highest return in the latest training episodes
-        (``RMDPPPO.training_returns``, copied here after every rollout), keeping its argmax on ties and
-        until every representative has finished an episode: a final E-step (:func:`best_response`) over
-        the trained policies, so its welfare on that table is never below the argmax's. The logits learn
-        slowly where an agent's weight is small, so agents a representative would serve well can keep
-        a stale argmax; the best response reads them off the returns instead.
+        each agent goes to the representative with its highest return in :attr:`returns_table`, keeping
+        its argmax on ties and until every representative has finished an episode: a final E-step
+        (:func:`best_response`) over the trained policies, so its welfare on that table is never below
+        the argmax's. The logits learn slowly where an agent's weight is small, so agents a
+        representative would serve well can keep a stale argmax; the best response reads them off the
+        returns instead.
+    :param mixing: the moving-average coefficient of :attr:`returns_table`, in (0, 1]: EM's table and
+        default (:func:`mix_returns`); 1 keeps the latest rollout's returns only (the model's
+        ``training_returns``), which one stochastic episode per representative makes noisy.
     """
 
     requires_grad = True
     #: the default, and the value of models saved before the option existed
     gradient_statistics: str = "mean"
     deploy: str = "argmax"
-    #: ``(n_agents, k)`` the model's ``training_returns`` after the latest rollout (``None`` before any)
+    mixing: float = 0.05
+    #: ``(n_agents, k)`` moving average of each agent's training return under each representative, as
+    #: EM's ``q_table`` (kept whatever ``deploy``; ``None`` in models saved before it existed)
     returns_table: np.ndarray | None = None
+    #: ``(k,)`` whether each column of :attr:`returns_table` has had an episode
+    observed: np.ndarray | None = None
 
     def __init__(
         self,
@@ -63,6 +72,7 @@ class EndToEndAssigner(Assigner):
         figure_every: int = 10,
         gradient_statistics: str = "mean",
         deploy: str = "argmax",
+        mixing: float = 0.05,
     ):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
@@ -76,8 +86,11 @@ class EndToEndAssigner(Assigner):
                 f"deploy={deploy!r}: choose one of {DEPLOY} (how the deployed hard assignment is read off; "
                 "'argmax' of the logits is the default)."
             )
+        if not 0.0 < mixing <= 1.0:
+            raise ValueError(f"mixing={mixing}: the moving-average coefficient must lie in (0, 1].")
         super().__init__(seed=seed, verbose=verbose, figure_every=figure_every)
         self.deploy = deploy
+        self.mixing = float(mixing)
         self.lr = float(lr)
         self.gradient_statistics = gradient_statistics
         self.init_scale = float(init_scale)
@@ -87,6 +100,11 @@ class EndToEndAssigner(Assigner):
         initial = th.randn(self.n_agents, self.k, generator=generator) * self.init_scale
         self.logits = th.nn.Parameter(initial.to(self.device))
         self.optimizer = th.optim.Adam([self.logits], lr=self.lr)
+        self._setup_returns_table()
+
+    def _setup_returns_table(self) -> None:
+        self.returns_table = np.zeros((self.n_agents, self.k), dtype=np.float64)
+        self.observed = np.zeros(self.k, dtype=bool)
 
     def _on_device_change(self) -> None:
         if self.logits.device != self.device:
@@ -101,10 +119,9 @@ class EndToEndAssigner(Assigner):
     def assignment(self) -> np.ndarray:
         """The deployed hard assignment ``(n_agents,)``: see ``deploy``."""
         argmax = super().assignment()
-        table = self.returns_table
-        if self.deploy == "argmax" or table is None or not np.all(np.isfinite(table)):
+        if self.deploy == "argmax" or self.returns_table is None or not np.all(self.observed):
             return argmax
-        return best_response(table, argmax)
+        return best_response(self.returns_table, argmax)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
@@ -113,9 +130,11 @@ class EndToEndAssigner(Assigner):
         self.optimizer.step()
 
     def _update(self) -> None:
-        table = getattr(self.model, "training_returns", None)
-        if table is not None:
-            self.returns_table = np.array(table, dtype=np.float64)
+        if self.returns_table is None or self.observed is None:
+            self._setup_returns_table()  # a model saved before the table existed
+        assert self.returns_table is not None and self.observed is not None
+        episode_returns = self.model.rollout_episode_returns  # type: ignore[attr-defined]
+        mix_returns(self.returns_table, self.observed, episode_returns, self.mixing)
 
     def _log(self) -> None:
         super()._log()
