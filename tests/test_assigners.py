@@ -277,18 +277,23 @@ def test_gradient_statistics_are_saved_and_old_saves_keep_the_mean() -> None:
 def test_deploy_and_returns_are_saved_and_old_saves_deploy_the_argmax() -> None:
     import pickle
 
-    assigner = EndToEndAssigner(deploy="best_response", seed=0)
+    assigner = EndToEndAssigner(deploy="best_response", mixing=0.2, seed=0)
     assigner.bind(2, 2)
     assigner.returns_table = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assigner.observed = np.array([True, True])
     copy = pickle.loads(pickle.dumps(assigner))
-    assert copy.deploy == "best_response"
+    assert (copy.deploy, copy.mixing) == ("best_response", 0.2)
     np.testing.assert_array_equal(copy.assignment(), [1, 0])
     state = assigner.__getstate__()
-    del state["deploy"], state["returns_table"]  # saved before the option existed
+    for key in ("deploy", "mixing", "returns_table", "observed"):
+        del state[key]  # saved before the option existed
     old = EndToEndAssigner.__new__(EndToEndAssigner)
     old.__setstate__(state)
-    assert (old.deploy, old.returns_table) == ("argmax", None)
+    assert (old.deploy, old.returns_table, old.observed) == ("argmax", None, None)
     np.testing.assert_array_equal(old.assignment(), assigner.logits.argmax(dim=1).numpy())
+    old.model = SimpleNamespace(rollout_episode_returns=[np.ones((1, 2)), np.zeros((1, 2))])
+    old._update()  # trained on, it starts its table
+    np.testing.assert_array_equal(old.returns_table, [[1.0, 0.0], [1.0, 0.0]])
 
 
 def test_best_response_takes_each_agents_best_and_stays_on_ties() -> None:
@@ -309,7 +314,7 @@ def test_best_response_reaches_the_best_welfare_of_a_fixed_table() -> None:
         assert np.all(table[moved, new[moved]] > table[moved, old[moved]])  # nobody moves for a tie
 
 
-def _end_to_end_trained(deploy: str) -> RMDPPPO:
+def _end_to_end_trained(deploy: str, mixing: float = 0.05, callback: object = None) -> RMDPPPO:
     model = RMDPPPO(
         "MlpPolicy",
         make_scaled,
@@ -319,13 +324,13 @@ def _end_to_end_trained(deploy: str) -> RMDPPPO:
         batch_size=32,
         n_epochs=2,
         seed=1,
-        assigner=EndToEndAssigner(lr=0.05, deploy=deploy, seed=0),
+        assigner=EndToEndAssigner(lr=0.05, deploy=deploy, mixing=mixing, seed=0),
     )
-    return model.learn(256)
+    return model.learn(256, callback=callback)
 
 
 def test_deploying_the_best_response_changes_the_assignment_not_the_training() -> None:
-    argmax, best = _end_to_end_trained("argmax"), _end_to_end_trained("best_response")
+    argmax, best = _end_to_end_trained("argmax"), _end_to_end_trained("best_response", mixing=1.0)
     assert th.equal(argmax.assigner.logits, best.assigner.logits)
     for name, parameter in argmax.policy.state_dict().items():
         assert th.equal(parameter, best.policy.state_dict()[name]), name
@@ -333,8 +338,8 @@ def test_deploying_the_best_response_changes_the_assignment_not_the_training() -
     np.testing.assert_array_equal(argmax.assignment(), logits_argmax)
     table = best.training_returns
     assert np.all(np.isfinite(table))
-    np.testing.assert_array_equal(best.assigner.returns_table, table)
-    assert not np.shares_memory(best.assigner.returns_table, table)  # a copy: the model's changes
+    np.testing.assert_array_equal(best.assigner.returns_table, table)  # mixing 1: the latest returns
+    assert not np.shares_memory(best.assigner.returns_table, table)
     deployed = best.assignment()
     np.testing.assert_array_equal(deployed, best_response(table, logits_argmax))
     # CartPole's rewards, scaled per agent: every agent is best served by the same representative.
@@ -343,19 +348,44 @@ def test_deploying_the_best_response_changes_the_assignment_not_the_training() -
 
 
 def test_best_response_waits_for_every_representatives_returns() -> None:
-    assigner = EndToEndAssigner(deploy="best_response", seed=0)
+    assigner = EndToEndAssigner(deploy="best_response", mixing=0.5, seed=0)
     assigner.bind(3, 2)
+    assigner.model = SimpleNamespace()  # type: ignore[assignment]
     logits_argmax = assigner.logits.argmax(dim=1).numpy()
     np.testing.assert_array_equal(assigner.assignment(), logits_argmax)  # no rollout yet
-    assigner.returns_table = np.array([[1.0, np.nan], [2.0, np.nan], [0.0, np.nan]])
+
+    def rollout(*returns: list[list[float]]) -> None:
+        assigner.model.rollout_episode_returns = [np.array(r, dtype=float).reshape(-1, 3) for r in returns]
+        assigner._update()
+
+    rollout([[1.0, 2.0, 0.0]], [])
     np.testing.assert_array_equal(assigner.assignment(), logits_argmax)  # representative 1 has none
-    assigner.returns_table = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 0.0]])
-    np.testing.assert_array_equal(assigner.assignment(), [1, 0, logits_argmax[2]])
+    rollout([[3.0, 2.0, 0.0], [1.0, 2.0, 0.0]], [[2.0, 1.0, 0.0]])  # its first episode is taken as it is
+    np.testing.assert_array_equal(assigner.returns_table, [[1.5, 2.0], [2.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(assigner.assignment(), [1, 0, logits_argmax[2]])  # a tie stays
+    rollout([], [[0.0, 1.0, 0.0]])  # the moving average of representative 1 moves half way
+    np.testing.assert_array_equal(assigner.returns_table, [[1.5, 1.0], [2.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(assigner.assignment(), [0, 0, logits_argmax[2]])
 
 
-def test_unknown_deploy_says_so() -> None:
+def test_end_to_end_returns_table_is_ems_moving_average() -> None:
+    episodes: list[list[np.ndarray]] = []
+    recorder = LogRecorder(lambda callback: episodes.append(callback.model.rollout_episode_returns))
+    model = _end_to_end_trained("best_response", callback=recorder)
+    assert len(episodes) == 2 and all(len(r) > 0 for rollout in episodes for r in rollout)
+    em = EMAssigner(mixing=0.05)
+    em.bind(model.n_agents, model.k)
+    for rollout in episodes:
+        em.update_table(rollout)
+    np.testing.assert_allclose(model.assigner.returns_table, em.q_table, rtol=1e-12)
+    assert not np.allclose(model.assigner.returns_table, model.training_returns)  # not the latest alone
+
+
+def test_unknown_deploy_or_mixing_says_so() -> None:
     with pytest.raises(ValueError, match=r"deploy='best'.*'argmax', 'best_response'"):
         EndToEndAssigner(deploy="best")
+    with pytest.raises(ValueError, match=r"mixing=0.*\(0, 1\]"):
+        EndToEndAssigner(mixing=0)
 
 
 def test_with_one_representative_every_assigner_trains_the_same_policy() -> None:
@@ -422,14 +452,15 @@ def test_end_to_end_logs_the_deployed_welfare_and_the_soft_one() -> None:
 
 
 def test_end_to_end_best_response_logs_the_deployed_welfare_and_the_argmax() -> None:
-    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def keep_table_and_argmax(callback: LogRecorder) -> None:
+    def keep_tables_and_argmax(callback: LogRecorder) -> None:
         with th.no_grad():
             logits_argmax = callback.model.assigner.logits.argmax(dim=1).numpy()
-        seen.append((callback.model.training_returns.copy(), logits_argmax))
+        assigner_table = callback.model.assigner.returns_table.copy()
+        seen.append((callback.model.training_returns.copy(), assigner_table, logits_argmax))
 
-    recorder = LogRecorder(keep_table_and_argmax)
+    recorder = LogRecorder(keep_tables_and_argmax)
     model = RMDPPPO(
         "MlpPolicy",
         make_scaled,
@@ -442,9 +473,9 @@ def test_end_to_end_best_response_logs_the_deployed_welfare_and_the_argmax() -> 
         seed=0,
     )
     model.learn(1600, callback=recorder)
-    assert len(seen) == 4 and all(np.all(np.isfinite(table)) for table, _ in seen)
-    for values, (table, logits_argmax) in zip(recorder.recorded, seen):
-        deployed = best_response(table, logits_argmax)  # on this rollout's table, not the one before
+    assert len(seen) == 4 and all(np.all(np.isfinite(table)) for table, _, _ in seen)
+    for values, (table, assigner_table, logits_argmax) in zip(recorder.recorded, seen):
+        deployed = best_response(assigner_table, logits_argmax)  # updated by this rollout before the log
         assert values["welfare/utilitarian"] == pytest.approx(utilitarian_welfare(table, deployed))
         assert values["welfare/argmax"] == pytest.approx(utilitarian_welfare(table, logits_argmax))
     assert any(v["welfare/argmax"] < v["welfare/utilitarian"] - 1e-6 for v in recorder.recorded)
