@@ -33,7 +33,11 @@ CASES: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "end_to_end.py": (
         ["--timesteps", "1536"],
-        ["soft welfare (sum_j alpha Q):", "deployed welfare (argmax assignment):"],
+        [
+            "soft welfare (sum_j alpha Q):",
+            "deployed welfare (argmax assignment):",
+            "best-response welfare (deploy='best_response'):",
+        ],
         ["weights.png"],
     ),
     "kmeans_baseline.py": (
