@@ -58,6 +58,7 @@ FLOAT_COLUMNS = (
     "log_std_init",
     "end_to_end_lr",
     "end_to_end_init_scale",
+    "end_to_end_mixing",
     "welfare_eval",
     "welfare_train",
     "welfare_eval_reassigned",

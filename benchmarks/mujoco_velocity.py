@@ -18,11 +18,12 @@ the k = 1 cell is trained once per seed and its row is reported for every algori
 EM revives idle representatives by default (``EMAssigner(revive_idle=True)``, recorded in the
 ``em_e_step`` column); the runs committed before that option used the plain greedy E-step: add
 ``--no-revive-idle`` to reproduce their EM rows. End-to-end's logits take the paper's settings
-unless ``--end-to-end-lr``, ``--end-to-end-init-scale``, ``--end-to-end-gradient-statistics`` or
-``--end-to-end-deploy`` say otherwise (recorded in the ``end_to_end_*`` columns; ``--merge`` never pools
-different settings). End-to-end rows also score the argmax of the logits (``welfare_eval_argmax``),
-whichever assignment they deploy, and the best response to the latest rollout's training returns alone
-(``welfare_eval_best_response_latest``; the deployed best response reads a moving average).
+unless ``--end-to-end-lr``, ``--end-to-end-init-scale``, ``--end-to-end-gradient-statistics``,
+``--end-to-end-deploy`` or ``--end-to-end-mixing`` say otherwise (recorded in the ``end_to_end_*`` columns;
+``--merge`` never pools different settings). End-to-end rows also score the argmax of the logits
+(``welfare_eval_argmax``), whichever assignment they deploy, and the best response to the latest
+rollout's training returns (``welfare_eval_best_response_latest``: ``--end-to-end-deploy best_response``
+with the default ``--end-to-end-mixing 1``).
 
 What fits 2 cores in a session (the first committed results: two runs, merged)::
 
@@ -76,7 +77,9 @@ HISTOGRAM_K = 5
 E_STEP_REVIVE, E_STEP_GREEDY = "revive_idle", "greedy"
 #: learning rate and initial scale of the end-to-end logits: the paper's 2e-3 and the reference code's
 #: ``randn``; the normalization statistics their gradient flows through: the mean; the deployed assignment:
-#: the logits' argmax (the runs committed before the options, whose rows have no such columns, used these)
+#: the logits' argmax (the runs committed before the options, whose rows have no such columns, used these);
+#: the moving-average coefficient of the returns a best response reads (blank in argmax rows, which never
+#: read it; best-response rows without the column used :data:`LEGACY_END_TO_END_MIXING`)
 PAPER_END_TO_END_LR = 2e-3
 PAPER_END_TO_END_INIT_SCALE = 1.0
 END_TO_END_DEFAULTS: dict[str, Any] = {
@@ -84,7 +87,9 @@ END_TO_END_DEFAULTS: dict[str, Any] = {
     "end_to_end_init_scale": PAPER_END_TO_END_INIT_SCALE,
     "end_to_end_gradient_statistics": "mean",
     "end_to_end_deploy": "argmax",
+    "end_to_end_mixing": 1.0,
 }
+LEGACY_END_TO_END_MIXING = 0.05
 
 
 def ppo_kwargs(log_std_init: float = 0.0) -> dict[str, Any]:
@@ -115,6 +120,17 @@ def end_to_end_settings(end_to_end: dict[str, Any] | None) -> dict[str, Any]:
     return {**END_TO_END_DEFAULTS, **(end_to_end or {})}
 
 
+def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as an end-to-end row records them: an argmax deployment never reads the returns'
+    moving average, so its ``end_to_end_mixing`` is blank and argmax rows pool whatever it was."""
+    return {
+        **settings,
+        "end_to_end_mixing": ""
+        if settings["end_to_end_deploy"] == "argmax"
+        else settings["end_to_end_mixing"],
+    }
+
+
 def make_assigner(
     algorithm: str,
     seed: int,
@@ -140,6 +156,7 @@ def make_assigner(
             init_scale=settings["end_to_end_init_scale"],
             gradient_statistics=settings["end_to_end_gradient_statistics"],
             deploy=settings["end_to_end_deploy"],
+            mixing=settings["end_to_end_mixing"],
             seed=seed,
         )
     if algorithm == "kmeans":
@@ -213,7 +230,7 @@ def run_cell(
         "budget_per_representative": budget,
         "log_std_init": log_std_init,
         "em_e_step": (E_STEP_REVIVE if revive_idle else E_STEP_GREEDY) if algorithm == "em" else "",
-        **{c: v if algorithm == "end_to_end" else "" for c, v in settings.items()},
+        **{c: v if algorithm == "end_to_end" else "" for c, v in recorded_settings(settings).items()},
         "welfare_eval": round(welfare, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_eval_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
@@ -459,6 +476,13 @@ def main() -> None:
         help="the end-to-end hard assignment deployed and scored: the logits' argmax (the paper) or each "
         "agent's best representative on the latest training returns (EndToEndAssigner(deploy=...))",
     )
+    parser.add_argument(
+        "--end-to-end-mixing",
+        type=float,
+        default=END_TO_END_DEFAULTS["end_to_end_mixing"],
+        help="with --end-to-end-deploy best_response: the moving-average coefficient of the returns it reads "
+        "(EndToEndAssigner(mixing=...); 1: the latest rollout's)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--rescore", type=Path, default=None, help="add interval_breaks to a results CSV, redraw, stop"
@@ -597,7 +621,8 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         (``end_to_end_lr``; rows without it used the paper's 2e-3), initial logit scales
         (``end_to_end_init_scale``; rows without it used 1) or gradient statistics
         (``end_to_end_gradient_statistics``; rows without it used ``"mean"``) or deployments
-        (``end_to_end_deploy``; rows without it deployed ``"argmax"``), or share an
+        (``end_to_end_deploy``; rows without it deployed ``"argmax"``) or best responses' moving averages
+        (``end_to_end_mixing``; best-response rows without it used 0.05), or share an
         (algorithm, k, n, seed), or on a malformed filter.
     """
     rows: list[dict[str, Any]] = []
@@ -611,9 +636,15 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
             row["em_e_step"] = E_STEP_GREEDY  # written before the column existed
         # a k = 1 row shared from another algorithm learned no logits: it stays empty, pooling with any
         learned_logits = row["algorithm"] == "end_to_end" and not row.get("shared_with")
+        if learned_logits and "end_to_end_mixing" not in row:  # written before the column existed
+            row["end_to_end_mixing"] = (
+                LEGACY_END_TO_END_MIXING if row.get("end_to_end_deploy") == "best_response" else ""
+            )
         for column, default in END_TO_END_DEFAULTS.items():
-            if learned_logits and row.get(column) in (None, ""):
+            if learned_logits and row.get(column) in (None, "") and column != "end_to_end_mixing":
                 row[column] = default  # written before the column existed
+        if learned_logits:
+            row.update(recorded_settings(row))
         if (
             learned_logits
             and row.get("welfare_eval_argmax") in (None, "")

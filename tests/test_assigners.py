@@ -314,7 +314,8 @@ def test_best_response_reaches_the_best_welfare_of_a_fixed_table() -> None:
         assert np.all(table[moved, new[moved]] > table[moved, old[moved]])  # nobody moves for a tie
 
 
-def _end_to_end_trained(deploy: str, mixing: float = 0.05, callback: object = None) -> RMDPPPO:
+def _end_to_end_trained(deploy: str, mixing: float | None = None, callback: object = None) -> RMDPPPO:
+    moving_average = {} if mixing is None else {"mixing": mixing}
     model = RMDPPPO(
         "MlpPolicy",
         make_scaled,
@@ -324,13 +325,13 @@ def _end_to_end_trained(deploy: str, mixing: float = 0.05, callback: object = No
         batch_size=32,
         n_epochs=2,
         seed=1,
-        assigner=EndToEndAssigner(lr=0.05, deploy=deploy, mixing=mixing, seed=0),
+        assigner=EndToEndAssigner(lr=0.05, deploy=deploy, seed=0, **moving_average),
     )
     return model.learn(256, callback=callback)
 
 
 def test_deploying_the_best_response_changes_the_assignment_not_the_training() -> None:
-    argmax, best = _end_to_end_trained("argmax"), _end_to_end_trained("best_response", mixing=1.0)
+    argmax, best = _end_to_end_trained("argmax"), _end_to_end_trained("best_response")
     assert th.equal(argmax.assigner.logits, best.assigner.logits)
     for name, parameter in argmax.policy.state_dict().items():
         assert th.equal(parameter, best.policy.state_dict()[name]), name
@@ -338,7 +339,7 @@ def test_deploying_the_best_response_changes_the_assignment_not_the_training() -
     np.testing.assert_array_equal(argmax.assignment(), logits_argmax)
     table = best.training_returns
     assert np.all(np.isfinite(table))
-    np.testing.assert_array_equal(best.assigner.returns_table, table)  # mixing 1: the latest returns
+    np.testing.assert_array_equal(best.assigner.returns_table, table)  # by default the latest returns
     assert not np.shares_memory(best.assigner.returns_table, table)
     deployed = best.assignment()
     np.testing.assert_array_equal(deployed, best_response(table, logits_argmax))
@@ -371,7 +372,7 @@ def test_best_response_waits_for_every_representatives_returns() -> None:
 def test_end_to_end_returns_table_is_ems_moving_average() -> None:
     episodes: list[list[np.ndarray]] = []
     recorder = LogRecorder(lambda callback: episodes.append(callback.model.rollout_episode_returns))
-    model = _end_to_end_trained("best_response", callback=recorder)
+    model = _end_to_end_trained("best_response", mixing=0.05, callback=recorder)
     assert len(episodes) == 2 and all(len(r) > 0 for rollout in episodes for r in rollout)
     em = EMAssigner(mixing=0.05)
     em.bind(model.n_agents, model.k)

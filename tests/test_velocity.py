@@ -271,6 +271,18 @@ def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     benchmark.merge([run("u", 0, deployed), run("v", 1, {})], out, exclude=["end_to_end_deploy=argmax"])
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_deploy"]) for r in rows] == [(0, "best_response")]
+    # And the best response's moving average: best-response rows without it used 0.05, and argmax rows
+    # never read it, so they pool whatever it was.
+    latest = {**deployed, "end_to_end_mixing": 1.0}
+    with pytest.raises(ValueError, match="one end_to_end_mixing"):
+        benchmark.merge([run("w", 0, latest), run("x", 1, deployed)], out)
+    benchmark.merge([run("y", 0, latest), run("z", 1, deployed)], out, exclude=["end_to_end_mixing=0.05"])
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, 1.0)]
+    argmax_latest = {"end_to_end_deploy": "argmax", "end_to_end_mixing": 1.0}
+    benchmark.merge([run("aa", 0, argmax_latest), run("ab", 1, {})], out)
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, ""), (1, "")]
     # A k = 1 row shared from another algorithm learned no logits and pools with any setting.
     shared = {"k": 1, "shared_with": "em"}
     benchmark.merge([run("q", 0, reference), run("r", 1, shared)], out)
@@ -303,11 +315,12 @@ def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
 
     benchmark = load_benchmark("mujoco_velocity")
     default = benchmark.make_assigner("end_to_end", 0, 4.0)
-    assert (default.lr, default.init_scale, default.gradient_statistics, default.deploy) == (
+    assert (default.lr, default.init_scale, default.gradient_statistics, default.deploy, default.mixing) == (
         2e-3,
         1.0,
         "mean",
         "argmax",
+        1.0,
     )
     custom = benchmark.make_assigner(
         "end_to_end",
@@ -317,13 +330,23 @@ def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
             "end_to_end_init_scale": 3.0,
             "end_to_end_gradient_statistics": "none",
             "end_to_end_deploy": "best_response",
+            "end_to_end_mixing": 0.05,
         },
     )
-    assert (custom.lr, custom.init_scale, custom.gradient_statistics, custom.deploy) == (
+    assert (custom.lr, custom.init_scale, custom.gradient_statistics, custom.deploy, custom.mixing) == (
         2e-3,
         3.0,
         "none",
         "best_response",
+        0.05,
+    )
+    # A row records the moving average only where the best response reads it.
+    assert benchmark.recorded_settings(benchmark.END_TO_END_DEFAULTS)["end_to_end_mixing"] == ""
+    assert (
+        benchmark.recorded_settings({**benchmark.END_TO_END_DEFAULTS, "end_to_end_deploy": "best_response"})[
+            "end_to_end_mixing"
+        ]
+        == 1.0
     )
 
 

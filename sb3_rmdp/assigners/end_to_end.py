@@ -26,8 +26,7 @@ class EndToEndAssigner(Assigner):
     detaching them, so the clipped PPO policy loss is also the assignment's loss (eq. 12); this
     assigner's own Adam steps in the same backward pass as the policy's optimizer. The deployed
     assignment (:meth:`assignment`) is the argmax of each agent's row, or with
-    ``deploy="best_response"`` each agent's best representative on a moving average of the training
-    returns; its
+    ``deploy="best_response"`` each agent's best representative on the latest training returns; its
     welfare is the headline figure (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged
     as ``welfare/soft``. Training is the same either way: only the hard assignment read off differs.
 
@@ -47,16 +46,19 @@ class EndToEndAssigner(Assigner):
         the argmax's. The logits learn slowly where an agent's weight is small, so agents a
         representative would serve well can keep a stale argmax; the best response reads them off the
         returns instead.
-    :param mixing: the moving-average coefficient of :attr:`returns_table`, in (0, 1]: EM's table and
-        default (:func:`mix_returns`); 1 keeps the latest rollout's returns only (the model's
-        ``training_returns``), which one stochastic episode per representative makes noisy.
+    :param mixing: the moving-average coefficient of :attr:`returns_table`, in (0, 1]
+        (:func:`mix_returns`, as EM's table). The default 1 keeps each representative's latest rollout
+        (the mean of the episodes it finished there): the deployed policies are the latest ones, and on
+        HalfCheetah velocity EM's 0.05 lagged behind them and deployed worse assignments
+        (``docs/benchmarks.md``). Lower it where one rollout's episodes are too noisy a measure.
     """
 
     requires_grad = True
     #: the default, and the value of models saved before the option existed
     gradient_statistics: str = "mean"
     deploy: str = "argmax"
-    mixing: float = 0.05
+    #: the default; models saved before the option existed never deployed the table
+    mixing: float = 1.0
     #: ``(n_agents, k)`` moving average of each agent's training return under each representative, as
     #: EM's ``q_table`` (kept whatever ``deploy``; ``None`` in models saved before it existed)
     returns_table: np.ndarray | None = None
@@ -72,7 +74,7 @@ class EndToEndAssigner(Assigner):
         figure_every: int = 10,
         gradient_statistics: str = "mean",
         deploy: str = "argmax",
-        mixing: float = 0.05,
+        mixing: float = 1.0,
     ):
         if lr <= 0:
             raise ValueError(f"lr={lr}: the logits' learning rate must be positive.")
