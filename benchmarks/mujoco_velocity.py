@@ -396,7 +396,7 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
         if served is None:
             groups = [targets[assignment == j] for j in range(k)]
             labels = [f"rep {j}" for j in range(k)]
-            breaks = f"{interval_breaks(targets, assignment)} breaks"
+            breaks = plural(interval_breaks(targets, assignment), "break")
             colors = None
         else:
             groups = [targets[(assignment == j) & served] for j in range(k)] + [targets[~served]]
@@ -404,7 +404,7 @@ def plot_histograms(rows: list[dict[str, Any]], env_name: str, path: Path) -> No
             returns = np.array(str(row["returns"]).split(), dtype=float)
             share = interval_welfare_share(targets, assignment, returns)
             breaks = (
-                f"{interval_breaks(targets[served], assignment[served])} breaks among served\n"
+                f"{plural(interval_breaks(targets[served], assignment[served]), 'break')} among served\n"
                 f"{100 * share:.0f}% of welfare in one interval per rep"
             )
             colors = [f"C{j}" for j in range(k)] + ["0.8"]
@@ -608,6 +608,11 @@ def write_env_results(rows: list[dict[str, Any]], env_name: str, out: Path, meta
     plot_welfare(rows, env_name, result_path(out, ".png"))
     plot_histograms(rows, env_name, out.parent / f"{out.name}_histograms.png")
     print(json.dumps(summary, indent=1))
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 break"``, ``"3 breaks"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) -> None:
