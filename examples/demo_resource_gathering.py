@@ -18,9 +18,9 @@ import numpy as np
 import torch as th
 from rich.console import Console
 from rich.table import Table
-from sb3_rmdp.envs.resource_gathering import optimal_welfare
 
 from sb3_rmdp import RMDPPPO
+from sb3_rmdp.envs.resource_gathering import optimal_welfare
 from sb3_rmdp.hyperparams import hyperparams_for
 from sb3_rmdp.plotting import plot_grid_paths, representative_paths
 from sb3_rmdp.welfare import agent_welfare, evaluate_agent_returns, utilitarian_welfare
