@@ -79,7 +79,7 @@ E_STEP_REVIVE, E_STEP_GREEDY = "revive_idle", "greedy"
 #: ``randn``; the normalization statistics their gradient flows through: the mean; the deployed assignment:
 #: the logits' argmax (the runs committed before the options, whose rows have no such columns, used these);
 #: the moving-average coefficient of the returns a best response reads (blank in argmax rows, which never
-#: read it; best-response rows without the column used :data:`LEGACY_END_TO_END_MIXING`)
+#: read it; best-response rows without the column: :func:`legacy_mixing`)
 PAPER_END_TO_END_LR = 2e-3
 PAPER_END_TO_END_INIT_SCALE = 1.0
 END_TO_END_DEFAULTS: dict[str, Any] = {
@@ -481,7 +481,8 @@ def main() -> None:
         type=float,
         default=END_TO_END_DEFAULTS["end_to_end_mixing"],
         help="with --end-to-end-deploy best_response: the moving-average coefficient of the returns it reads "
-        "(EndToEndAssigner(mixing=...); 1: the latest rollout's)",
+        "(EndToEndAssigner(mixing=...); 1: the latest rollout's; recorded as a float: --exclude "
+        "end_to_end_mixing=1.0)",
     )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
@@ -557,7 +558,7 @@ def main() -> None:
             "budget_per_representative": args.budget_per_representative,
             "ppo": {k: str(v) for k, v in ppo_kwargs(args.log_std_init).items()},
             "em_e_step": E_STEP_REVIVE if args.revive_idle else E_STEP_GREEDY,
-            **end_to_end,
+            **recorded_settings(end_to_end),
             "n_jobs": args.n_jobs,
             "torch_threads_per_worker": 1,
             "wall_s": round(time.time() - started, 1),
@@ -610,6 +611,15 @@ def write_env_results(rows: list[dict[str, Any]], env_name: str, out: Path, meta
     print(json.dumps(summary, indent=1))
 
 
+def legacy_mixing(row: dict[str, Any]) -> float | str:
+    """``end_to_end_mixing`` of an end-to-end row written before the column: blank for the argmax; a best
+    response read :data:`LEGACY_END_TO_END_MIXING` once rows also scored the latest returns alone
+    (``welfare_eval_best_response_latest``), and the latest returns (1) before."""
+    if row.get("end_to_end_deploy") != "best_response":
+        return ""
+    return LEGACY_END_TO_END_MIXING if row.get("welfare_eval_best_response_latest") not in (None, "") else 1.0
+
+
 def plural(count: int, noun: str) -> str:
     """``"1 break"``, ``"3 breaks"``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -627,7 +637,7 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         (``end_to_end_init_scale``; rows without it used 1) or gradient statistics
         (``end_to_end_gradient_statistics``; rows without it used ``"mean"``) or deployments
         (``end_to_end_deploy``; rows without it deployed ``"argmax"``) or best responses' moving averages
-        (``end_to_end_mixing``; best-response rows without it used 0.05), or share an
+        (``end_to_end_mixing``; best-response rows without it: :func:`legacy_mixing`), or share an
         (algorithm, k, n, seed), or on a malformed filter.
     """
     rows: list[dict[str, Any]] = []
@@ -642,9 +652,7 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         # a k = 1 row shared from another algorithm learned no logits: it stays empty, pooling with any
         learned_logits = row["algorithm"] == "end_to_end" and not row.get("shared_with")
         if learned_logits and "end_to_end_mixing" not in row:  # written before the column existed
-            row["end_to_end_mixing"] = (
-                LEGACY_END_TO_END_MIXING if row.get("end_to_end_deploy") == "best_response" else ""
-            )
+            row["end_to_end_mixing"] = legacy_mixing(row)
         for column, default in END_TO_END_DEFAULTS.items():
             if learned_logits and row.get(column) in (None, "") and column != "end_to_end_mixing":
                 row[column] = default  # written before the column existed

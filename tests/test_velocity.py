@@ -271,14 +271,20 @@ def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
     benchmark.merge([run("u", 0, deployed), run("v", 1, {})], out, exclude=["end_to_end_deploy=argmax"])
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_deploy"]) for r in rows] == [(0, "best_response")]
-    # And the best response's moving average: best-response rows without it used 0.05, and argmax rows
-    # never read it, so they pool whatever it was.
+    # And the best response's moving average: best-response rows without it that also scored the latest
+    # returns alone used 0.05, and argmax rows never read it, so they pool whatever it was.
     latest = {**deployed, "end_to_end_mixing": 1.0}
+    ema = {**deployed, "welfare_eval_best_response_latest": 2.0}
     with pytest.raises(ValueError, match="one end_to_end_mixing"):
-        benchmark.merge([run("w", 0, latest), run("x", 1, deployed)], out)
-    benchmark.merge([run("y", 0, latest), run("z", 1, deployed)], out, exclude=["end_to_end_mixing=0.05"])
+        benchmark.merge([run("w", 0, latest), run("x", 1, ema)], out)
+    benchmark.merge([run("y", 0, latest), run("z", 1, ema)], out, exclude=["end_to_end_mixing=0.05"])
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
     assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, 1.0)]
+    # Best-response rows from before `welfare_eval_best_response_latest` read the latest returns alone.
+    oldest = {**deployed, "welfare_eval_best_response_latest": ""}
+    benchmark.merge([run("ac", 0, latest), run("ad", 1, oldest)], out)
+    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
+    assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, 1.0), (1, 1.0)]
     argmax_latest = {"end_to_end_deploy": "argmax", "end_to_end_mixing": 1.0}
     benchmark.merge([run("aa", 0, argmax_latest), run("ab", 1, {})], out)
     rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")

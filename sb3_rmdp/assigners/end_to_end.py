@@ -14,8 +14,8 @@ from sb3_rmdp.welfare import utilitarian_welfare
 #: (the paper's reference code), or neither.
 GRADIENT_STATISTICS = ("mean", "both", "none")
 #: how the deployed hard assignment is read off: each agent's largest logit (the paper), or each agent's
-#: best representative on a moving average of the training returns (a final E-step over the trained
-#: policies).
+#: best representative on its training returns under each representative's latest rollout (a final
+#: E-step over the trained policies).
 DEPLOY = ("argmax", "best_response")
 
 
@@ -26,7 +26,8 @@ class EndToEndAssigner(Assigner):
     detaching them, so the clipped PPO policy loss is also the assignment's loss (eq. 12); this
     assigner's own Adam steps in the same backward pass as the policy's optimizer. The deployed
     assignment (:meth:`assignment`) is the argmax of each agent's row, or with
-    ``deploy="best_response"`` each agent's best representative on the latest training returns; its
+    ``deploy="best_response"`` each agent's best representative on :attr:`returns_table` (by default
+    each representative's latest rollout with a finished episode); its
     welfare is the headline figure (``welfare/utilitarian``); the soft welfare ``sum alpha Q`` is logged
     as ``welfare/soft``. Training is the same either way: only the hard assignment read off differs.
 
@@ -57,10 +58,12 @@ class EndToEndAssigner(Assigner):
     #: the default, and the value of models saved before the option existed
     gradient_statistics: str = "mean"
     deploy: str = "argmax"
-    #: the default; models saved before the option existed never deployed the table
+    #: the default, and the value of models saved before the option existed (a best response then read
+    #: the latest returns)
     mixing: float = 1.0
-    #: ``(n_agents, k)`` moving average of each agent's training return under each representative, as
-    #: EM's ``q_table`` (kept whatever ``deploy``; ``None`` in models saved before it existed)
+    #: ``(n_agents, k)`` each agent's training return under each representative: its latest rollout with
+    #: a finished episode, or with ``mixing < 1`` a moving average as EM's ``q_table`` (kept whatever
+    #: ``deploy``; ``None`` in models saved before it existed)
     returns_table: np.ndarray | None = None
     #: ``(k,)`` whether each column of :attr:`returns_table` has had an episode
     observed: np.ndarray | None = None
