@@ -237,20 +237,24 @@ def test_unknown_gradient_statistics_say_so() -> None:
         normalize_per_representative(th.zeros(4), th.zeros(4, dtype=th.long), 1, "std")
 
 
+def _end_to_end_small(**assigner_kwargs: object) -> RMDPPPO:
+    """Two representatives on scaled CartPole, 64-step rollouts: end-to-end with ``assigner_kwargs``."""
+    return RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=1,
+        assigner=EndToEndAssigner(lr=0.05, seed=0, **assigner_kwargs),
+    )
+
+
 def test_gradient_statistics_reach_the_logits() -> None:
     def logits(statistics: str) -> th.Tensor:
-        model = RMDPPPO(
-            "MlpPolicy",
-            make_scaled,
-            k=2,
-            n_envs=2,
-            n_steps=64,
-            batch_size=32,
-            n_epochs=2,
-            seed=1,
-            assigner=EndToEndAssigner(lr=0.05, gradient_statistics=statistics, seed=0),
-        )
-        model.learn(128)
+        model = _end_to_end_small(gradient_statistics=statistics).learn(128)
         return model.assigner.logits.detach().clone()
 
     default = logits("mean")
@@ -316,18 +320,7 @@ def test_best_response_reaches_the_best_welfare_of_a_fixed_table() -> None:
 
 def _end_to_end_trained(deploy: str, mixing: float | None = None, callback: object = None) -> RMDPPPO:
     moving_average = {} if mixing is None else {"mixing": mixing}
-    model = RMDPPPO(
-        "MlpPolicy",
-        make_scaled,
-        k=2,
-        n_envs=2,
-        n_steps=64,
-        batch_size=32,
-        n_epochs=2,
-        seed=1,
-        assigner=EndToEndAssigner(lr=0.05, deploy=deploy, seed=0, **moving_average),
-    )
-    return model.learn(256, callback=callback)
+    return _end_to_end_small(deploy=deploy, **moving_average).learn(256, callback=callback)
 
 
 def test_deploying_the_best_response_changes_the_assignment_not_the_training() -> None:
