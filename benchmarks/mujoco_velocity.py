@@ -654,7 +654,7 @@ def merge(sources: list[Path], out_dir: Path, exclude: list[str] | None = None) 
         if learned_logits and "end_to_end_mixing" not in row:  # written before the column existed
             row["end_to_end_mixing"] = legacy_mixing(row)
         for column, default in END_TO_END_DEFAULTS.items():
-            if learned_logits and row.get(column) in (None, "") and column != "end_to_end_mixing":
+            if learned_logits and row.get(column) in (None, ""):
                 row[column] = default  # written before the column existed
         if learned_logits:
             row.update(recorded_settings(row))

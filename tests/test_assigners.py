@@ -252,6 +252,21 @@ def _end_to_end_small(**assigner_kwargs: object) -> RMDPPPO:
     )
 
 
+def _end_to_end_logged(**assigner_kwargs: object) -> RMDPPPO:
+    """Two representatives on scaled CartPole, 200-step rollouts, one epoch: for the logging tests."""
+    return RMDPPPO(
+        "MlpPolicy",
+        make_scaled,
+        k=2,
+        n_envs=2,
+        n_steps=200,
+        batch_size=100,
+        n_epochs=1,
+        assigner=EndToEndAssigner(init_scale=0.3, seed=0, **assigner_kwargs),
+        seed=0,
+    )
+
+
 def test_gradient_statistics_reach_the_logits() -> None:
     def logits(statistics: str) -> th.Tensor:
         model = _end_to_end_small(gradient_statistics=statistics).learn(128)
@@ -424,17 +439,7 @@ def test_end_to_end_logs_the_deployed_welfare_and_the_soft_one() -> None:
 
     recorder = LogRecorder(keep_soft_weights)
     recorded = recorder.recorded
-    model = RMDPPPO(
-        "MlpPolicy",
-        make_scaled,
-        k=2,
-        n_envs=2,
-        n_steps=200,
-        batch_size=100,
-        n_epochs=1,
-        assigner=EndToEndAssigner(init_scale=0.3, seed=0),
-        seed=0,
-    )
+    model = _end_to_end_logged()
     model.learn(400, callback=recorder)
     table, soft = model.training_returns, soft_weights[-1]
     assert np.array_equal(model.assignment(), soft.argmax(axis=1))
@@ -455,17 +460,7 @@ def test_end_to_end_best_response_logs_the_deployed_welfare_and_the_argmax() -> 
         seen.append((callback.model.training_returns.copy(), assigner_table, logits_argmax))
 
     recorder = LogRecorder(keep_tables_and_argmax)
-    model = RMDPPPO(
-        "MlpPolicy",
-        make_scaled,
-        k=2,
-        n_envs=2,
-        n_steps=200,
-        batch_size=100,
-        n_epochs=1,
-        assigner=EndToEndAssigner(init_scale=0.3, seed=0, deploy="best_response"),
-        seed=0,
-    )
+    model = _end_to_end_logged(deploy="best_response")
     model.learn(1600, callback=recorder)
     assert len(seen) == 4 and all(np.all(np.isfinite(table)) for table, _, _ in seen)
     for values, (table, assigner_table, logits_argmax) in zip(recorder.recorded, seen):
