@@ -734,6 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "tune":  # everything after "tune" belongs to the tuning CLI, --help included
             return tune_command(argv[1:])
+        if command == "bench":  # the experiment runner's own CLI (sb3_rmdp.experiments.cli)
+            from sb3_rmdp.experiments.cli import main as bench_main
+
+            return bench_main(argv[1:])
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exit_:  # --help (0) and usage errors (2); argparse printed the message
