@@ -234,3 +234,48 @@ def _standard_error(values: list[float]) -> float:
     if len(values) < 2:
         return 0.0
     return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def plot_assignment_histogram(
+    targets: np.ndarray,
+    assignment: np.ndarray,
+    k: int,
+    returns: np.ndarray | None = None,
+    bins: np.ndarray | int = 20,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The paper's Figures 4-5: the agents' target velocities, stacked by the representative serving them.
+
+    :param targets: ``(n_agents,)`` each agent's target (its one-dimensional agent params).
+    :param assignment: ``(n_agents,)`` the deployed representative of each agent.
+    :param k: the number of representatives.
+    :param returns: ``(n_agents,)`` each agent's return under its representative, or ``None``; agents with
+        none (no representative serves them) are drawn apart, in grey, as "unserved".
+    :param bins: the histogram's bins (edges or a count).
+    :param ax: the axes to draw on (default: a new figure).
+    :param title: the title.
+    :return: the figure drawn on.
+    """
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        fig = Figure(figsize=(4, 3.2), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure  # type: ignore[assignment]
+    targets, assignment = np.asarray(targets, dtype=float), np.asarray(assignment, dtype=int)
+    served = np.ones(len(targets), dtype=bool) if returns is None else np.asarray(returns, dtype=float) > 0
+    groups = [targets[(assignment == j) & served] for j in range(k)]
+    labels = [f"rep {j}" for j in range(k)]
+    colors = [_representative_color(j) for j in range(k)]
+    if not served.all():
+        groups.append(targets[~served])
+        labels.append("unserved")
+        colors.append("0.8")
+    ax.hist(groups, bins=bins, stacked=True, label=labels, color=colors)
+    ax.set_xlabel("target velocity")
+    ax.set_ylabel("agents")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -18,7 +18,8 @@ A grid file::
     [[cells]]
     k = [1, 2, 10]
 
-Within a block the product runs in the order the keys are written (the first key varies slowest). A
+Within a block the product runs in the order the keys are written, the first varying slowest: the
+defaults' keys in their order (a key the block overrides keeps its place), then the block's own. A
 value that is itself a list (a network's layers) is written as a list of one list: ``net_arch = [[64, 64]]``.
 
 Every cell is resolved to its full config (each parameter of its task's :class:`Experiment`, defaults

@@ -218,10 +218,12 @@ def _parsed(row: dict[str, str]) -> dict[str, Any]:
     return config
 
 
-def describe(grid: Grid, store: Store, out: TextIO = sys.stdout) -> Plan:
-    """Print what is left (``--dry-run``): cells and runs per task, env steps and core-hours."""
+def describe(grid: Grid, store: Store, out: TextIO | None = None) -> Plan:
+    """Print what is left (``--dry-run``, to ``out`` or stdout): cells and runs per task, env steps and
+    core-hours. Writes nothing."""
+    out = out or sys.stdout
     todo = plan(grid, store)
-    print(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(grid.cells) - len(todo.left)} finished in {store.folder}", file=out)
+    print(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(grid.cells) - len(todo.left)} finished in {os.path.normpath(store.folder)}", file=out)
     if todo.orphans:
         print(f"  ({todo.orphans} rows of the store are no cell of this grid: kept, not reported as its cells)", file=out)
     total_steps, total_hours = 0, 0.0
@@ -245,12 +247,14 @@ def run_grid(
     grid: Grid,
     store: Store,
     executor: LocalExecutor | RayExecutor,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Run every cell of ``grid`` that ``store`` lacks; each row is in the store as soon as its cell ends.
 
+    :param out: where the progress lines go (default: stdout).
     :return: the number of rows appended.
     """
+    out = out or sys.stdout
     todo = plan(grid, store)
     appended = 0
     for cell, source in todo.copies:
