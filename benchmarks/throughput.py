@@ -34,6 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results
 
+from sb3_rmdp.experiments.provenance import machine, versions
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -153,39 +155,6 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
-
-
-def versions() -> dict[str, str]:
-    import gymnasium
-    import mujoco
-    import numpy
-    import stable_baselines3
-    import torch
-
-    import sb3_rmdp
-
-    return {
-        "python": sys.version.split()[0],
-        "sb3_rmdp": sb3_rmdp.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-        "mujoco": mujoco.__version__,
-        "numpy": numpy.__version__,
-    }
-
-
-def machine() -> dict[str, object]:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-            cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": "none (CPU run)"}
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:

@@ -1,13 +1,13 @@
 """MkDocs hook: the committed benchmark results, straight from ``benchmarks/results/``.
 
-* Every ``benchmarks/results/*.png`` is served as ``assets/results/<name>.png`` (no copy in docs/ to
-  go stale): pages link to it as ``../assets/results/<name>.png`` and ``--strict`` checks the link.
+* Every ``benchmarks/results/**/*.png`` is served as ``assets/results/<path>.png`` (no copy in docs/
+  to go stale; a store's figures keep their folder): pages link to it as ``../assets/results/<path>.png``
+  and ``--strict`` checks the link.
 * A line ``<!-- results: KIND NAME... -->`` in a page is replaced by a table built from the committed
   files (so the site never shows a number the results do not hold):
 
-  - ``welfare NAME...``: mean +- standard error of ``welfare_eval`` per algorithm and k, over the rows
-    of ``benchmarks/results/NAME.csv`` (several NAMEs are merged), with the reference column: the exact
-    optimum (``optimal_welfare``) or the mean upper bound of the cells' populations (``upper_bound``);
+  - ``report NAME`` / ``headline NAME``: the store ``benchmarks/results/NAME/``'s ``report.md`` /
+    ``headline.md``, as ``sb3-rmdp bench report`` wrote them from its ``cells.csv``;
   - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per method and K;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
   - ``throughput [NAME]``: ``benchmarks/results/NAME.csv`` (default ``throughput``);
@@ -37,16 +37,18 @@ MARKER = re.compile(r"^<!--\s*results:\s*(\w+)((?:\s+[\w.-]+)*)\s*-->\s*$", re.M
 
 
 def on_files(files: Files, config: Any) -> Files:
-    for png in sorted(RESULTS.glob("*.png")):
-        files.append(File.generated(config, f"{ASSETS}/{png.name}", abs_src_path=str(png)))
+    # a store's figures keep their folder: assets/results/<grid>/<name>.png
+    for png in sorted(RESULTS.glob("**/*.png")):
+        name = png.relative_to(RESULTS).as_posix()
+        files.append(File.generated(config, f"{ASSETS}/{name}", abs_src_path=str(png)))
     return files
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     def replace(match: re.Match[str]) -> str:
         kind, names = match.group(1), match.group(2).split()
-        if kind == "welfare" and names:
-            return welfare_table(names)
+        if kind in ("report", "headline") and len(names) == 1:
+            return store_report(names[0], kind, page.file.src_uri)
         if kind == "committee" and len(names) == 1:
             return committee_table(names[0])
         if kind == "runs" and names:
@@ -60,6 +62,18 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         raise PluginError(f"{page.file.src_uri}: unknown results marker {match.group(0)!r}")
 
     return MARKER.sub(replace, markdown)
+
+
+def store_report(name: str, kind: str, page_uri: str) -> str:
+    """A store's ``report.md`` (``report``: tables, comparisons, figures) or ``headline.md``, as
+    ``sb3-rmdp bench report`` wrote it, its heading levels pushed below the page's and its figure
+    links pointed at the site's copies."""
+    text = _read(f"{name}/{kind}.md").read_text()
+    prefix = "../" * page_uri.count("/") + f"{ASSETS}/{name}/"
+    figure = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")
+    text = figure.sub(lambda m: f"![{m.group(1)}]({prefix}{m.group(2)})", text)
+    text = re.sub(r"^## Grid .*\n", "", text, flags=re.MULTILINE)
+    return text
 
 
 def _read(name: str) -> Path:
@@ -83,46 +97,6 @@ def _mean_se(v: list[float]) -> str:
         return f"{mean:.2f} (1)"
     se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
     return f"{mean:.2f} ± {se:.2f} ({len(v)})"
-
-
-def welfare_table(names: list[str]) -> str:
-    values: dict[tuple[str, int], list[float]] = defaultdict(list)
-    reference: dict[int, list[float]] = defaultdict(list)
-    budgets = set()
-    exact = True
-    all_rows = [row for name in names for row in _rows(name)]
-    # A sweep of end-to-end's logits learning rate (several rates in the table): one column per rate.
-    sweep = len({row.get("end_to_end_lr") for row in all_rows} - {None, ""}) > 1
-    for row in all_rows:
-        k = int(row["k"])
-        algorithm = row["algorithm"]
-        if sweep and row.get("end_to_end_lr"):
-            algorithm += f" (lr {float(row['end_to_end_lr']):g})"
-        values[(algorithm, k)].append(float(row["welfare_eval"]))
-        if "optimal_welfare" in row:
-            reference[k] = [float(row["optimal_welfare"])]
-        else:  # a sampled population's upper bound, one per cell
-            exact = False
-            reference[k].append(float(row["upper_bound"]))
-        budgets.add(int(row["budget_per_representative"]))
-    algorithms = list(dict.fromkeys(a for a, _ in values))
-    label = "exact optimum" if exact else "upper bound (mean)"
-    lines = [
-        "| k | " + " | ".join(algorithms) + f" | {label} |",
-        "|---:|" + "---:|" * len(algorithms) + "---:|",
-    ]
-    for k in sorted(reference):
-        cells = [_mean_se(values.get((algorithm, k), [])) for algorithm in algorithms]
-        bound = sum(reference[k]) / len(reference[k])
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {bound:.2f} |")
-    steps = ", ".join(f"{b:,}" for b in sorted(budgets))
-    caption = (
-        f"*Evaluated welfare of the deployed assignment: mean ± standard error (seeds), "
-        f"{steps} env steps per representative. Source: "
-        + ", ".join(f"`benchmarks/results/{n}.csv`" for n in names)
-        + ".*"
-    )
-    return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
 def committee_table(name: str) -> str:
@@ -161,7 +135,8 @@ def runs_list(names: list[str]) -> str:
             f"- **`{name}`**: `{meta.get('command', '?')}`, {meta.get('date', '?')}, "
             f"{machine.get('cpu_count', '?')} CPU cores ({machine.get('cpu', '?')}, "
             f"{machine.get('gpu', '?')}), wall {meta.get('wall_s', '?')} s; "
-            f"torch {versions.get('torch', '?')}, SB3 {versions.get('stable_baselines3', '?')}."
+            f"torch {versions.get('torch', '?')}, "
+            f"SB3 {versions.get('stable_baselines3', versions.get('stable-baselines3', '?'))}."
         )
         if meta.get("notes"):
             item += f" {_escape(meta['notes'])}"

@@ -5,7 +5,7 @@ tracking its target for an episode's 1000 steps is worth 100. A representative r
 time, so no k policies can do better than the best placement of k speeds over the targets:
 ``welfare_upper_bound`` computes it exactly, and the learned welfare is read against it.
 
-The set-up is the benchmark's (``benchmarks/mujoco_velocity.py``): observations normalized by SB3's
+The set-up is the benchmark's (``sb3_rmdp.experiments.velocity``): observations normalized by SB3's
 ``VecNormalize`` (rewards left alone: they are the agents' own), two 64-unit tanh layers, a learning
 rate decaying from 3e-4 to 1e-4, EM assignment.
 

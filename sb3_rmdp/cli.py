@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 PROG = "sb3-rmdp"
 ASSIGNER_NAMES = ("em", "end_to_end", "kmeans", "random", "oracle")
-CSV_COLUMNS = ("algorithm", "k", "seed", "welfare_eval")
+CSV_COLUMNS = ("algorithm", "k", "seed", "welfare")
 # Why one torch thread by default: PPO's small MLPs gain nothing from intra-op parallelism, and on a
 # 2-core machine whose other core was busy, 2 threads made training more than 10x slower than 1.
 TORCH_THREADS_HELP = (
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {PROG} train --env sb3_rmdp/ResourceGathering-v0 -k 3 --timesteps 150000 --save rg_k3.zip\n"
             f"  {PROG} evaluate rg_k3.zip --env sb3_rmdp/ResourceGathering-v0\n"
             f"  {PROG} export rg_k3.zip -j 0 --out rep0.zip --env sb3_rmdp/ResourceGathering-v0 --dossier\n"
-            f"  {PROG} report benchmarks/results/resource_gathering_em.csv --out welfare.png\n"
+            f"  {PROG} report benchmarks/results/resource_gathering/cells.csv --out welfare.png\n"
+            f"  {PROG} bench run benchmarks/grids/figure3.toml --dry-run\n"
             f"  {PROG} tune --help\n\n"
             f"Run '{PROG} COMMAND --help' for the options of a command."
         ),
@@ -255,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("arguments", nargs=argparse.REMAINDER)
 
+    bench = commands.add_parser(
+        "bench",
+        add_help=False,
+        help="run an experiment grid file into its store (resumable, local or Ray), or report it "
+        f"('{PROG} bench --help')",
+    )
+    bench.add_argument("arguments", nargs=argparse.REMAINDER)
+
     export = commands.add_parser(
         "export",
         formatter_class=_Formatter,
@@ -285,14 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         help="plot welfare against k from benchmark CSVs, or a saved model's assignment",
         description=(
-            "From benchmark CSVs (columns algorithm, k, seed, welfare_eval, and optionally optimal_welfare "
+            "From benchmark CSVs (columns algorithm, k, seed, welfare, and optionally optimal_welfare "
             "or upper_bound): plot the welfare against k, mean +- standard error over seeds, one line per "
             "algorithm. From a saved model: plot its assignment over the agents' params."
         ),
         epilog=(
             "examples:\n"
-            f"  {PROG} report benchmarks/results/resource_gathering_em.csv "
-            "benchmarks/results/resource_gathering_end_to_end.csv --out welfare.png\n"
+            f"  {PROG} report benchmarks/results/resource_gathering/cells.csv --out welfare.png\n"
             f"  {PROG} report rg_k3.zip --out assignment.png"
         ),
     )
@@ -660,23 +668,26 @@ def read_results(paths: Sequence[pathlib.Path]) -> list[dict[str, str]]:
     for path in paths:
         with open(path, newline="") as file:
             reader = csv.DictReader(file)
-            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+            columns = set(reader.fieldnames or [])
+            if "welfare_eval" in columns:  # the old benchmark scripts' name of the welfare column
+                columns.add("welfare")
+            missing = [column for column in CSV_COLUMNS if column not in columns]
             if missing:
                 raise UsageError(
                     f"{path} lacks the column(s) {', '.join(missing)}: a benchmark CSV has the columns "
                     f"{', '.join(CSV_COLUMNS)} (and optionally optimal_welfare or upper_bound)."
                 )
-            file_rows = list(reader)
+            file_rows = [{"welfare": row.get("welfare_eval", ""), **row} for row in reader]
         if not file_rows:
             raise UsageError(f"{path} has no rows: run the benchmark first.")
         rows.extend(file_rows)
     for row in rows:
         try:
-            float(row["welfare_eval"])
+            float(row["welfare"])
             int(row["k"])
         except (TypeError, ValueError):
             raise UsageError(
-                f"a row with k={row['k']!r}, welfare_eval={row['welfare_eval']!r}: both must be numbers."
+                f"a row with k={row['k']!r}, welfare={row['welfare']!r}: both must be numbers."
             ) from None
     return rows
 
@@ -690,7 +701,7 @@ def report_command(args: argparse.Namespace) -> int:
         raise UsageError("report takes benchmark CSVs (any number) or one model zip, not both.")
     if csvs:
         rows = read_results(csvs)
-        figure = plot_welfare_vs_k(rows, title=args.title)
+        figure = plot_welfare_vs_k(rows, title=args.title, welfare_key="welfare")
         for algorithm in sorted({row["algorithm"] for row in rows}):
             ks = sorted({int(row["k"]) for row in rows if row["algorithm"] == algorithm})
             print(f"{algorithm}: k = {', '.join(map(str, ks))}")

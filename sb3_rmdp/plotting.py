@@ -221,7 +221,8 @@ def plot_welfare_vs_k(
             # a dash at each k too, so that a single k shows its reference
             ax.plot(ks, [np.mean(references[k]) for k in ks], "k--", lw=1, marker="_", ms=16, label=label)
     ax.set_xlabel("policy budget k")
-    label = "social welfare (evaluation)" if welfare_key == "welfare_eval" else welfare_key.replace("_", " ")
+    evaluated = welfare_key in ("welfare", "welfare_eval")
+    label = "social welfare (evaluation)" if evaluated else welfare_key.replace("_", " ")
     ax.set_ylabel(f"{label}, mean ± s.e.")
     ax.legend(fontsize=7, frameon=False)
     if title:
@@ -241,7 +242,7 @@ def plot_assignment_histogram(
     assignment: np.ndarray,
     k: int,
     returns: np.ndarray | None = None,
-    bins: np.ndarray | int = 20,
+    bins: Sequence[float] | int = 20,
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Figure:

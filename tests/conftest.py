@@ -53,17 +53,6 @@ def _one_torch_thread() -> None:
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def write_benchmark_run(benchmark: ModuleType, path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``rows`` as an earlier run of a welfare benchmark at ``path`` (CSV and a minimal JSON
-    sidecar), as ``--merge`` reads it; returns ``path``."""
-    import json
-
-    benchmark.write_csv(rows, benchmark.result_path(path, ".csv"))
-    sidecar = {"command": f"run {path.name}", "wall_s": 1.0}
-    benchmark.result_path(path, ".json").write_text(json.dumps(sidecar))
-    return path
-
-
 def load_benchmark(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (not a package) as a module, for tests of its pure parts."""
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")

@@ -398,7 +398,7 @@ def test_unknown_deploy_or_mixing_says_so() -> None:
 
 
 def test_with_one_representative_every_assigner_trains_the_same_policy() -> None:
-    # At k=1 there is nothing to assign: benchmarks/mujoco_velocity.py trains the k=1 cell once.
+    # At k=1 there is nothing to assign: the experiment runner trains the k=1 cell once (shares_k1).
     def parameters(assigner) -> dict[str, th.Tensor]:
         model = RMDPPPO(
             "MlpPolicy",

@@ -146,7 +146,7 @@ USER_ERRORS = {
     ),
     "representative": (["export", "{model}", "-j", "2", "--out", "x.zip"], "pass 0 <= J < 2"),
     "dossier without env": (["export", "{model}", "-j", "0", "--out", "x.zip", "--dossier"], "pass --env ID"),
-    "csv columns": (["report", "{bad_csv}", "--out", "x.png"], "lacks the column(s) seed, welfare_eval"),
+    "csv columns": (["report", "{bad_csv}", "--out", "x.png"], "lacks the column(s) seed, welfare"),
     "csv and model": (["report", "{csv}", "{model}", "--out", "x.png"], "or one model zip, not both"),
     "image format": (["report", "{csv}", "--out", "x.nope"], "cannot write x.nope"),
 }

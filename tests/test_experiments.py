@@ -37,16 +37,29 @@ def test_product_order_blocks_and_defaults() -> None:
     grid = Grid.from_dict(
         {
             "name": "g",
-            "defaults": {"task": "HalfCheetah", "seed": [0, 1], "algorithm": ["em", "random"], "n_agents": 10},
+            "defaults": {
+                "task": "HalfCheetah",
+                "seed": [0, 1],
+                "algorithm": ["em", "random"],
+                "n_agents": 10,
+            },
             "cells": [{"k": 5}, {"k": [2, 3], "seed": 7}],
         }
     )
     got = [(c.config["k"], c.config["seed"], c.config["algorithm"]) for c in grid.cells]
     assert got == [
-        (5, 0, "em"), (5, 0, "random"), (5, 1, "em"), (5, 1, "random"),
-        (2, 7, "em"), (3, 7, "em"), (2, 7, "random"), (3, 7, "random"),
+        (5, 0, "em"),
+        (5, 0, "random"),
+        (5, 1, "em"),
+        (5, 1, "random"),
+        (2, 7, "em"),
+        (3, 7, "em"),
+        (2, 7, "random"),
+        (3, 7, "random"),
     ]  # fmt: skip: a block's own keys come after the defaults' (vary fastest); seed keeps its place
-    assert all(c.config["n_agents"] == 10 and c.config["budget_per_representative"] == 100_000 for c in grid.cells)
+    assert all(
+        c.config["n_agents"] == 10 and c.config["budget_per_representative"] == 100_000 for c in grid.cells
+    )
 
 
 def test_cell_key_is_the_resolved_config() -> None:
@@ -64,7 +77,14 @@ def test_cell_key_is_the_resolved_config() -> None:
 
 def test_k1_cells_share_one_run() -> None:
     grid = Grid.from_dict(
-        {"name": "g", "defaults": {"task": "ResourceGathering", "algorithm": ["em", "end_to_end", "random"], "k": [1, 2]}}
+        {
+            "name": "g",
+            "defaults": {
+                "task": "ResourceGathering",
+                "algorithm": ["em", "end_to_end", "random"],
+                "k": [1, 2],
+            },
+        }
     )
     runs = grid.runs()
     assert len(grid.cells) == 6 and len(runs) == 4
@@ -76,8 +96,14 @@ def test_k1_cells_share_one_run() -> None:
     ("data", "message"),
     [
         ({"name": "g", "defaults": {"task": "Pong"}}, "unknown task 'Pong'; choose one of"),
-        ({"name": "g", "defaults": {"task": "Ant", "algorithm": "ppo"}}, "unknown algorithm 'ppo'; choose one of"),
-        ({"name": "g", "defaults": {"task": "Ant", "n_agent": 5}}, "unknown key(s) ['n_agent'] for task 'Ant'"),
+        (
+            {"name": "g", "defaults": {"task": "Ant", "algorithm": "ppo"}},
+            "unknown algorithm 'ppo'; choose one of",
+        ),
+        (
+            {"name": "g", "defaults": {"task": "Ant", "n_agent": 5}},
+            "unknown key(s) ['n_agent'] for task 'Ant'",
+        ),
         ({"name": "g", "defaults": {"task": "Ant", "k": "5"}}, "k = '5' is a str; write a int"),
         ({"name": "g", "defaults": {"task": "Ant", "k": 0}}, "k = 0; it must be at least 1"),
         ({"name": "g", "defaults": {"task": "Ant", "log_std_init": float("nan")}}, "write a finite number"),
@@ -185,7 +211,13 @@ def test_dry_run_of_the_full_grid(capsys: pytest.CaptureFixture[str]) -> None:
     assert "800 cells, 0 finished" in text and "total                800 cells left,   680 runs" in text
     grid = Grid.from_file(GRIDS / "figure3_full.toml")
     assert {c.config["budget_per_representative"] for c in grid.cells} == {2_000_000}
-    assert {(c.config["k"], c.config["n_agents"]) for c in grid.cells} == {(1, 100), (2, 100), (5, 100), (10, 100), (50, 1000)}
+    assert {(c.config["k"], c.config["n_agents"]) for c in grid.cells} == {
+        (1, 100),
+        (2, 100),
+        (5, 100),
+        (10, 100),
+        (50, 1000),
+    }
     assert {c.config["seed"] for c in grid.cells} == set(range(10))
 
 
@@ -256,7 +288,10 @@ def test_ray_and_local_write_the_same_row(tmp_path: Path) -> None:
 
 def test_report_tables_and_figures(tmp_path: Path) -> None:
     grid = Grid.from_dict(
-        {"name": "r", "defaults": {"task": "HalfCheetah", "algorithm": ["em", "random"], "seed": [0, 1, 2], "k": 5}}
+        {
+            "name": "r",
+            "defaults": {"task": "HalfCheetah", "algorithm": ["em", "random"], "seed": [0, 1, 2], "k": 5},
+        }
     )
     store = Store(tmp_path / "store", "r")
     welfare = {"em": [20.0, 22.0, 24.0], "random": [9.0, 10.0, 11.0]}
@@ -303,4 +338,35 @@ def test_committed_report_is_the_store_s(tmp_path: Path) -> None:
     finally:
         os.chdir(cwd)
     for name in ("report.md", "headline.md"):
-        assert (tmp_path / name).read_text() == (grid.store / name).read_text(), f"rerun: sb3-rmdp bench report {name}"
+        assert (tmp_path / name).read_text() == (grid.store / name).read_text(), (
+            f"rerun: sb3-rmdp bench report {name}"
+        )
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.partition("<!-- bench: figure3 -->\n")[2].partition("<!-- /bench -->")[0]
+    assert block.strip() == (grid.store / "headline.md").read_text().strip(), (
+        "README's headline is not the store's: "
+        "sb3-rmdp bench report benchmarks/grids/figure3.toml --embed README.md"
+    )
+
+
+@pytest.mark.parametrize("grid_file", ["resource_gathering.toml", "halfcheetah_300k.toml"])
+def test_committed_stores_are_complete(grid_file: str) -> None:
+    """The migrated result sets hold every cell of their grid files: a rerun would run nothing."""
+    grid = Grid.from_file(GRIDS / grid_file)
+    assert grid.store is not None
+    todo = plan(grid, Store(grid.store, grid.name))
+    assert (len(todo.left), todo.orphans) == (0, 0)
+
+
+def test_embed_writes_between_the_markers(tmp_path: Path) -> None:
+    from sb3_rmdp.experiments.report import embed
+
+    page = tmp_path / "README.md"
+    page.write_text("intro\n<!-- bench: g -->\nold\n<!-- /bench -->\nend\n")
+    assert embed(page, "g", "| new |\n")
+    assert page.read_text() == "intro\n<!-- bench: g -->\n| new |\n<!-- /bench -->\nend\n"
+    assert not embed(page, "g", "| new |")
+    with pytest.raises(GridError, match="has no block <!-- bench: other -->"):
+        embed(page, "other", "x")
+    with pytest.raises(GridError, match="no such file"):
+        embed(tmp_path / "missing.md", "g", "x")

@@ -307,46 +307,21 @@ def test_brute_force_confirms_the_closed_form_for_k_at_least_n(
         assert value == pytest.approx(each_agent_best.mean(), abs=1e-9)
 
 
-def test_benchmark_merge_keeps_gradient_statistics_apart(tmp_path) -> None:
-    """End-to-end rows without the column used ``"mean"`` and never pool with other statistics."""
-    from conftest import load_benchmark, write_benchmark_run
+def test_experiment_settings_reach_the_assigner() -> None:
+    from sb3_rmdp.experiments import Cell
+    from sb3_rmdp.experiments.resource_gathering import make_assigner
 
-    benchmark = load_benchmark("resource_gathering")
+    def assigner(**values: object) -> object:
+        return make_assigner(Cell.of({"task": "ResourceGathering", **values}).config)
 
-    def run(name: str, seed: int, extra: dict[str, object]) -> object:
-        row = {
-            "algorithm": "end_to_end", "k": 2, "n_agents": 25, "seed": seed,
-            "budget_per_representative": 1000, "end_to_end_lr": 0.01, "welfare_eval": 80.0,
-            "welfare_train": 80.0, "welfare_eval_reassigned": 80.0, "optimal_welfare": 84.0, "wall_s": 1.0,
-            "assignment": " ".join(["0", "1"] * 12 + ["0"]), **extra,
-        }  # fmt: skip
-        return write_benchmark_run(benchmark, tmp_path / name, [row])
-
-    none = {"end_to_end_gradient_statistics": "none"}
-    with pytest.raises(ValueError, match="one end_to_end_gradient_statistics"):
-        benchmark.merge([run("a", 0, none), run("b", 1, {})], tmp_path / "merged")
-    benchmark.merge([run("c", 0, none), run("d", 1, none)], tmp_path / "merged")
-    rows, _ = benchmark.read_run(tmp_path / "merged")
-    assert [r["end_to_end_gradient_statistics"] for r in rows] == ["none", "none"]
-    # Likewise the deployed assignment (rows without it: "argmax", whose welfare_eval is the argmax's).
-    best = {**none, "end_to_end_deploy": "best_response", "welfare_eval_argmax": 79.0}
-    with pytest.raises(ValueError, match="one end_to_end_deploy"):
-        benchmark.merge([run("e", 0, best), run("f", 1, none)], tmp_path / "merged")
-    benchmark.merge([run("g", 0, none), run("h", 1, {**none, "welfare_eval": 81.0})], tmp_path / "merged")
-    rows, _ = benchmark.read_run(tmp_path / "merged")
-    assert [(r["end_to_end_deploy"], r["welfare_eval_argmax"]) for r in rows] == [
-        ("argmax", 80.0),
-        ("argmax", 81.0),
-    ]
-    benchmark.merge([run("i", 0, best), run("j", 1, best)], tmp_path / "merged")
-    rows, _ = benchmark.read_run(tmp_path / "merged")
-    assert [(r["end_to_end_deploy"], r["welfare_eval_argmax"]) for r in rows] == [("best_response", 79.0)] * 2
-
-
-def test_benchmark_deploy_reaches_the_assigner() -> None:
-    from conftest import load_benchmark
-
-    benchmark = load_benchmark("resource_gathering")
-    assert benchmark.make_assigner("end_to_end", 0).deploy == "argmax"
-    assigner = benchmark.make_assigner("end_to_end", 0, 0.01, "none", "best_response")
-    assert (assigner.lr, assigner.gradient_statistics, assigner.deploy) == (0.01, "none", "best_response")
+    default = assigner(algorithm="end_to_end")
+    assert (default.lr, default.gradient_statistics, default.deploy) == (1e-2, "mean", "argmax")
+    custom = assigner(
+        algorithm="end_to_end", end_to_end_lr=0.03, end_to_end_gradient_statistics="none",
+        end_to_end_deploy="best_response",
+    )  # fmt: skip
+    assert (custom.lr, custom.gradient_statistics, custom.deploy) == (0.03, "none", "best_response")
+    assert (
+        assigner(algorithm="em").revive_idle
+        and not assigner(algorithm="em", em_revive_idle=False).revive_idle
+    )

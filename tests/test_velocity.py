@@ -132,9 +132,8 @@ def test_bad_velocity_kwargs_give_clear_errors() -> None:
 
 
 def test_interval_breaks_counts_runs_beyond_one_per_representative() -> None:
-    from conftest import load_benchmark
+    from sb3_rmdp.experiments.velocity import interval_breaks
 
-    interval_breaks = load_benchmark("mujoco_velocity").interval_breaks
     targets = np.array([0.1, 3.0, 1.0, 2.0, 0.5])
     assert interval_breaks(targets, [0, 2, 1, 1, 0]) == 0  # [0.1 0.5 | 1.0 2.0 | 3.0]
     assert interval_breaks(targets, [0, 0, 1, 1, 0]) == 1  # [0.1 0.5 | 1.0 2.0 | 3.0 back to rep 0]
@@ -142,185 +141,11 @@ def test_interval_breaks_counts_runs_beyond_one_per_representative() -> None:
     assert interval_breaks(targets, [3, 3, 3, 3, 3]) == 0
 
 
-def test_benchmark_merge_pools_seeds_and_refuses_repeated_cells(tmp_path) -> None:
-    """``mujoco_velocity.py --merge``: runs of other seeds are pooled into one summary; a cell that two runs
-    share, or runs of different budgets, are refused with the reason."""
-    import json
+def test_experiment_end_to_end_settings_reach_the_assigner() -> None:
+    from sb3_rmdp.experiments import Cell
+    from sb3_rmdp.experiments.velocity import make_assigner
 
-    from conftest import load_benchmark, write_benchmark_run
-
-    benchmark = load_benchmark("mujoco_velocity")
-    targets = "0.2000 1.0000 2.5000 3.5000"
-
-    def run(name: str, seeds: list[int], welfare: float, budget: int = 1000) -> object:
-        rows = [
-            {
-                "env": "HalfCheetah", "algorithm": "em", "k": 2, "n_agents": 4, "seed": seed,
-                "budget_per_representative": budget, "welfare_eval": welfare + seed, "welfare_train": 1.0,
-                "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
-                "fraction_of_bound": (welfare + seed) / 20, "assignment": "0 0 1 1", "targets": targets,
-            }
-            for seed in seeds
-        ]  # fmt: skip
-        return write_benchmark_run(benchmark, tmp_path / name, rows)
-
-    # a dotted name (lr0.01) is a name, not an extension
-    first, second = run("a_lr0.01", [0, 1], 4.0), run("b", [2], 4.0)
-    out = tmp_path / "merged"
-    benchmark.merge([first, second], out)
-    meta = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())
-    assert meta["seeds"] == [0, 1, 2]
-    assert [run["command"] for run in meta["merged_runs"]] == ["run a_lr0.01", "run b"]
-    summary = meta["summary_welfare_eval"]["em/k=2/n=4"]
-    assert summary["n"] == 3 and summary["mean"] == pytest.approx(5.0)  # 4, 5 and 6
-    assert summary["interval_breaks"] == [0, 0, 0]
-    with pytest.raises(ValueError, match="more than one run"):
-        benchmark.merge([first, run("c", [1], 9.0)], out)
-    with pytest.raises(ValueError, match="one budget"):
-        benchmark.merge([first, run("d", [5], 4.0, budget=2000)], out)
-
-
-def _velocity_run(path, fields: dict[str, object]) -> object:
-    """One earlier ``mujoco_velocity`` run of a single row (k=2, two agents unless ``fields`` say)."""
-    from conftest import load_benchmark, write_benchmark_run
-
-    row = {
-        "env": "HalfCheetah", "algorithm": "em", "k": 2, "n_agents": 2, "seed": 0,
-        "budget_per_representative": 1000, "welfare_eval": 3.0, "welfare_train": 1.0,
-        "welfare_eval_reassigned": 1.0, "upper_bound": 20.0, "wall_s": 1.0, "shared_with": "",
-        "fraction_of_bound": 0.15, "assignment": "0 1", "targets": "0.2 3.5", **fields,
-    }  # fmt: skip
-    return write_benchmark_run(load_benchmark("mujoco_velocity"), path, [row])
-
-
-def test_benchmark_counts_breaks_among_served_agents_and_keeps_e_steps_apart(tmp_path) -> None:
-    """Agents nobody serves (deployed return 0) may sit anywhere: ``served_interval_breaks`` leaves them
-    out. EM runs of the plain greedy E-step (rows without ``em_e_step``) never pool with revived ones."""
-    import json
-
-    from conftest import load_benchmark
-
-    benchmark = load_benchmark("mujoco_velocity")
-
-    def run(name: str, seed: int, extra: dict[str, str]) -> object:
-        five_agents = {"n_agents": 5, "assignment": "0 0 1 1 0", "targets": "0.2 0.4 1.0 1.2 3.5"}
-        return _velocity_run(tmp_path / name, {"algorithm": "em", "seed": seed, **five_agents, **extra})
-
-    revived = {"em_e_step": "revive_idle", "returns": "30.00 20.00 25.00 9.00 0.00"}
-    out = tmp_path / "merged"
-    benchmark.merge([run("a", 0, revived), run("b", 1, revived)], out)
-    summary = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())["summary_welfare_eval"]
-    cell = summary["em/k=2/n=5"]
-    # Sorted by target: 0 0 1 1 | 0 (the unserved 3.5 m/s agent): one break in all, none among the served.
-    assert cell["interval_breaks"] == [1, 1] and cell["served_interval_breaks"] == [0, 0]
-    assert cell["served"] == [4, 4]
-    assert cell["interval_welfare_share"] == [1.0, 1.0]
-    with pytest.raises(ValueError, match="one em_e_step"):
-        benchmark.merge([run("c", 2, revived), run("d", 3, {})], out)
-    # Leaving the greedy EM rows out pools the rest.
-    benchmark.merge([run("e", 2, revived), run("f", 3, {})], out, exclude=["em_e_step=greedy"])
-    summary = json.loads((out / "mujoco_velocity_HalfCheetah.json").read_text())["summary_welfare_eval"]
-    assert summary["em/k=2/n=5"]["n"] == 1
-    with pytest.raises(ValueError, match="COLUMN=VALUE"):
-        benchmark.merge([run("g", 2, revived)], out, exclude=["em_e_step"])
-
-
-def test_benchmark_keeps_end_to_end_settings_apart(tmp_path) -> None:
-    """End-to-end rows without ``end_to_end_lr`` used the paper's 2e-3 and never pool with other rates."""
-    from conftest import load_benchmark
-
-    benchmark = load_benchmark("mujoco_velocity")
-
-    def run(name: str, seed: int, extra: dict[str, object]) -> object:
-        return _velocity_run(tmp_path / name, {"algorithm": "end_to_end", "seed": seed, **extra})
-
-    out = tmp_path / "merged"
-    faster = {"end_to_end_lr": 0.05}
-    with pytest.raises(ValueError, match="one end_to_end_lr"):
-        benchmark.merge([run("a", 0, faster), run("b", 1, {})], out)
-    with pytest.raises(ValueError, match="one end_to_end_lr"):
-        benchmark.merge([run("c", 0, faster), run("d", 1, {"end_to_end_lr": 0.002})], out)
-    runs = [run("e", 0, faster), run("f", 1, {}), run("g", 2, faster)]
-    benchmark.merge(runs, out, exclude=["end_to_end_lr=0.002"])
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_lr"]) for r in rows] == [(0, 0.05), (2, 0.05)]
-    # Likewise the initial scale of the logits (rows without it: 1).
-    wider = {"end_to_end_init_scale": 3.0}
-    with pytest.raises(ValueError, match="one end_to_end_init_scale"):
-        benchmark.merge([run("h", 0, wider), run("i", 1, {})], out)
-    benchmark.merge(
-        [run("j", 0, wider), run("k", 1, {"end_to_end_init_scale": 1.0}), run("l", 2, wider)],
-        out,
-        exclude=["end_to_end_init_scale=1.0"],
-    )
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_init_scale"]) for r in rows] == [(0, 3.0), (2, 3.0)]
-    # And the statistics the gradient flows through (rows without it: "mean").
-    reference = {"end_to_end_gradient_statistics": "both"}
-    with pytest.raises(ValueError, match="one end_to_end_gradient_statistics"):
-        benchmark.merge([run("m", 0, reference), run("n", 1, {})], out)
-    benchmark.merge(
-        [run("o", 0, reference), run("p", 1, {})], out, exclude=["end_to_end_gradient_statistics=mean"]
-    )
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_gradient_statistics"]) for r in rows] == [(0, "both")]
-    # And the deployed assignment (rows without it: "argmax").
-    deployed = {"end_to_end_deploy": "best_response"}
-    with pytest.raises(ValueError, match="one end_to_end_deploy"):
-        benchmark.merge([run("s", 0, deployed), run("t", 1, {})], out)
-    benchmark.merge([run("u", 0, deployed), run("v", 1, {})], out, exclude=["end_to_end_deploy=argmax"])
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_deploy"]) for r in rows] == [(0, "best_response")]
-    # And the best response's moving average: best-response rows without it that also scored the latest
-    # returns alone used 0.05, and argmax rows never read it, so they pool whatever it was.
-    latest = {**deployed, "end_to_end_mixing": 1.0}
-    ema = {**deployed, "welfare_eval_best_response_latest": 2.0}
-    with pytest.raises(ValueError, match="one end_to_end_mixing"):
-        benchmark.merge([run("w", 0, latest), run("x", 1, ema)], out)
-    benchmark.merge([run("y", 0, latest), run("z", 1, ema)], out, exclude=["end_to_end_mixing=0.05"])
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, 1.0)]
-    # Best-response rows from before `welfare_eval_best_response_latest` read the latest returns alone.
-    oldest = {**deployed, "welfare_eval_best_response_latest": ""}
-    benchmark.merge([run("ac", 0, latest), run("ad", 1, oldest)], out)
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, 1.0), (1, 1.0)]
-    argmax_latest = {"end_to_end_deploy": "argmax", "end_to_end_mixing": 1.0}
-    benchmark.merge([run("aa", 0, argmax_latest), run("ab", 1, {})], out)
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["seed"], r["end_to_end_mixing"]) for r in rows] == [(0, ""), (1, "")]
-    # A k = 1 row shared from another algorithm learned no logits and pools with any setting.
-    shared = {"k": 1, "shared_with": "em"}
-    benchmark.merge([run("q", 0, reference), run("r", 1, shared)], out)
-    rows = benchmark.read_rows(out / "mujoco_velocity_HalfCheetah.csv")
-    assert [(r["k"], r["end_to_end_gradient_statistics"]) for r in rows] == [(1, ""), (2, "both")]
-    assert [r["end_to_end_deploy"] for r in rows] == ["", "argmax"]
-    # Rows written before `welfare_eval_argmax` deployed the argmax: it is their `welfare_eval`.
-    assert [r["welfare_eval_argmax"] for r in rows] == ["", rows[1]["welfare_eval"]]
-
-
-def test_a_shared_k1_row_drops_the_settings_of_the_algorithm_that_trained_it() -> None:
-    from conftest import load_benchmark
-
-    benchmark = load_benchmark("mujoco_velocity")
-    trained = {
-        "algorithm": "end_to_end", "k": 1, "em_e_step": "", "welfare_eval": 3.0, "welfare_eval_argmax": 3.0,
-        **benchmark.END_TO_END_DEFAULTS, "end_to_end_deploy": "best_response", "shared_with": "",
-    }  # fmt: skip
-    copy = benchmark.shared_row(trained, "em")
-    assert copy["algorithm"] == "em" and copy["shared_with"] == "end_to_end" and copy["welfare_eval"] == 3.0
-    assert all(copy[c] == "" for c in (*benchmark.END_TO_END_DEFAULTS, "welfare_eval_argmax"))
-    em_row = {**trained, "algorithm": "em", "em_e_step": "revive_idle"}
-    em_row.update({c: "" for c in (*benchmark.END_TO_END_DEFAULTS, "welfare_eval_argmax")})
-    assert benchmark.shared_row(em_row, "kmeans")["em_e_step"] == ""
-    assert benchmark.shared_row(em_row, "end_to_end")["em_e_step"] == ""
-
-
-def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
-    from conftest import load_benchmark
-
-    benchmark = load_benchmark("mujoco_velocity")
-    default = benchmark.make_assigner("end_to_end", 0, 4.0)
+    default = make_assigner(Cell.of({"task": "HalfCheetah", "algorithm": "end_to_end"}).config, 4.0)
     assert (default.lr, default.init_scale, default.gradient_statistics, default.deploy, default.mixing) == (
         2e-3,
         1.0,
@@ -328,17 +153,17 @@ def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
         "argmax",
         1.0,
     )
-    custom = benchmark.make_assigner(
-        "end_to_end",
-        0,
-        4.0,
-        end_to_end={
+    config = Cell.of(
+        {
+            "task": "HalfCheetah",
+            "algorithm": "end_to_end",
             "end_to_end_init_scale": 3.0,
             "end_to_end_gradient_statistics": "none",
             "end_to_end_deploy": "best_response",
             "end_to_end_mixing": 0.05,
-        },
-    )
+        }
+    ).config
+    custom = make_assigner(config, 4.0)
     assert (custom.lr, custom.init_scale, custom.gradient_statistics, custom.deploy, custom.mixing) == (
         2e-3,
         3.0,
@@ -346,20 +171,15 @@ def test_benchmark_end_to_end_settings_reach_the_assigner() -> None:
         "best_response",
         0.05,
     )
-    # A row records the moving average only where the best response reads it.
-    assert benchmark.recorded_settings(benchmark.END_TO_END_DEFAULTS)["end_to_end_mixing"] == ""
-    assert (
-        benchmark.recorded_settings({**benchmark.END_TO_END_DEFAULTS, "end_to_end_deploy": "best_response"})[
-            "end_to_end_mixing"
-        ]
-        == 1.0
+    em = make_assigner(
+        Cell.of({"task": "HalfCheetah", "algorithm": "em", "em_revive_idle": False}).config, 4.0
     )
+    assert (em.mixing, em.revive_idle) == (0.05, False)
 
 
 def test_interval_welfare_share_weighs_each_fragment_by_what_its_agents_earn() -> None:
-    from conftest import load_benchmark
+    from sb3_rmdp.experiments.velocity import interval_welfare_share as share
 
-    share = load_benchmark("mujoco_velocity").interval_welfare_share
     targets = [3.0, 0.1, 1.0, 0.5, 2.0, 3.5]
     assert share(targets, [1, 0, 1, 0, 1, 1], [5, 5, 5, 5, 5, 5]) == 1.0  # 0 0 | 1 1 1 1
     # Sorted: 0 0 1 1 | 0 | 1: the second runs of 0 and 1 earn 5 and 2 of the 47
@@ -372,24 +192,6 @@ def test_interval_welfare_share_weighs_each_fragment_by_what_its_agents_earn() -
 
 
 def test_interval_breaks_of_no_agents_is_zero() -> None:
-    from conftest import load_benchmark
+    from sb3_rmdp.experiments.velocity import interval_breaks
 
-    assert load_benchmark("mujoco_velocity").interval_breaks(np.array([]), np.array([], dtype=int)) == 0
-
-
-def test_rescore_adds_the_derived_columns_and_redraws_both_plots(tmp_path) -> None:
-    import json
-
-    from conftest import load_benchmark
-
-    benchmark = load_benchmark("mujoco_velocity")
-    stem = _velocity_run(tmp_path / "old", {"algorithm": "em", "returns": "30.00 0.00"})
-    csv_path = benchmark.result_path(stem, ".csv")
-    sidecar = json.loads(benchmark.result_path(stem, ".json").read_text())
-    benchmark.result_path(stem, ".json").write_text(json.dumps({**sidecar, "summary_welfare_eval": {}}))
-    benchmark.rescore(csv_path)
-    (row,) = benchmark.read_rows(csv_path)
-    assert (row["served"], row["served_interval_breaks"], row["interval_welfare_share"]) == (1, 0, 1.0)
-    summary = json.loads(benchmark.result_path(stem, ".json").read_text())["summary_welfare_eval"]
-    assert summary["em/k=2/n=2"]["interval_welfare_share"] == [1.0]
-    assert (tmp_path / "old.png").stat().st_size > 0 and (tmp_path / "old_histograms.png").stat().st_size > 0
+    assert interval_breaks(np.array([]), np.array([], dtype=int)) == 0

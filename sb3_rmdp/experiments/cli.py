@@ -12,6 +12,7 @@ were running. User errors end with exit code 2 and one line naming the fix.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,13 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-jobs", type=int, default=default_n_jobs(), help="worker processes (local) or CPUs of a local Ray"
     )
     run.add_argument(
-        "--dry-run", action="store_true", help="print the cells left, their env steps and core-hours; run none"
+        "--dry-run",
+        action="store_true",
+        help="print the cells left, their env steps and core-hours; run none",
     )
     report = commands.add_parser("report", help="tables (markdown) and figures (PNG) from a grid's store")
     report.add_argument("grid", type=Path, help="the grid file whose store to report")
     _store_option(report)
     report.add_argument(
         "--out", type=Path, default=None, help="the folder for report.md and the figures (default: the store)"
+    )
+    report.add_argument(
+        "--embed",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="MARKDOWN",
+        help="also write headline.md into these files, between <!-- bench: GRID --> and <!-- /bench -->",
     )
     return parser
 
@@ -66,7 +77,9 @@ def open_store(grid: Grid, folder: Path | None) -> Store:
     """The store of ``grid``: ``folder``, or the one its file names."""
     folder = folder or grid.store
     if folder is None:
-        raise GridError(f"grid {grid.name!r} names no store; pass --store DIR or add store = \"DIR\" to its file.")
+        raise GridError(
+            f'grid {grid.name!r} names no store; pass --store DIR or add store = "DIR" to its file.'
+        )
     return Store(folder, grid.name)
 
 
@@ -80,10 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid = Grid.from_file(args.grid)
         store = open_store(grid, args.store)
         if args.command == "report":
-            from sb3_rmdp.experiments.report import write_report
+            from sb3_rmdp.experiments.report import embed, write_report
 
-            for path in write_report(grid, store, args.out or store.folder):
-                print(f"wrote {path}")
+            written = write_report(grid, store, args.out or store.folder)
+            for path in written:
+                print(f"wrote {os.path.normpath(path)}")
+            headline = next((p for p in written if p.name == "headline.md"), None)
+            for markdown in args.embed:
+                if headline is not None and embed(markdown, grid.name, headline.read_text()):
+                    print(f"wrote the headline into {markdown}")
             return 0
         if args.dry_run:
             describe(grid, store)
@@ -95,5 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the finished cells are in the store, rerun the same command to resume.", file=sys.stderr)
+        print(
+            f"{PROG}: interrupted; the finished cells are in the store, rerun the same command to resume.",
+            file=sys.stderr,
+        )
         return 130

@@ -1,4 +1,5 @@
-"""Experiments as data: a grid file (TOML) names a task, its parameters and their axes; its cells are the product.
+"""Experiments as data: a grid file (TOML) names a task, its parameters and their axes; its cells are
+the product.
 
 A grid file::
 
@@ -33,11 +34,16 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 #: the top-level keys of a grid file
 GRID_KEYS = ("name", "description", "store", "defaults", "cells")
@@ -80,11 +86,11 @@ class Param:
                 + (f" (one of {list(self.choices)})" if self.choices else "")
                 + "."
             )
-        if self.kind is float and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise GridError(f"{where}: {name} = {value!r}; write a finite number.")
         if self.choices is not None and value not in self.choices:
             raise GridError(f"{where}: unknown {name} {value!r}; choose one of {list(self.choices)}.")
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
             raise GridError(f"{where}: {name} = {value!r}; it must be at least {self.minimum}.")
         return value
 
@@ -165,7 +171,8 @@ def resolve(values: Mapping[str, Any], where: str = "cell") -> dict[str, Any]:
     unknown = sorted(set(values) - {"task"} - set(experiment.params))
     if unknown:
         raise GridError(
-            f"{where}: unknown key(s) {unknown} for task {values['task']!r} (experiment {experiment.name!r}); "
+            f"{where}: unknown key(s) {unknown} for task {values['task']!r} "
+            f"(experiment {experiment.name!r}); "
             f"its keys are {sorted(experiment.params)}."
         )
     config: dict[str, Any] = {"task": values["task"]}
@@ -272,7 +279,9 @@ class Grid:
         """A grid from the parsed TOML (see the module docstring for its keys)."""
         unknown = sorted(set(data) - set(GRID_KEYS))
         if unknown:
-            raise GridError(f"{where}: unknown top-level key(s) {unknown}; a grid file has {list(GRID_KEYS)}.")
+            raise GridError(
+                f"{where}: unknown top-level key(s) {unknown}; a grid file has {list(GRID_KEYS)}."
+            )
         name = data.get("name")
         if not isinstance(name, str) or not name:
             raise GridError(f'{where}: no name; add name = "..." (the store remembers the grid by it).')

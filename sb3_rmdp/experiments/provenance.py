@@ -46,7 +46,12 @@ def cpu_name() -> str:
 
 def machine() -> dict[str, object]:
     """The platform, CPU model, core count and GPU of this machine (runs are CPU runs)."""
-    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpu": "none (CPU run)"}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": "none (CPU run)",
+    }
 
 
 def machine_summary() -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_rmdp.experiments.grid import Grid
+from sb3_rmdp.experiments.grid import Grid, GridError
 from sb3_rmdp.experiments.store import Store
 
 #: the k of the comparisons and histograms (the paper's Figure 5), or the grid's nearest
@@ -35,17 +35,50 @@ NUMERIC = ("k", "n_agents", "seed", "budget_per_representative", "welfare", "upp
 
 
 def grid_rows(grid: Grid, store: Store) -> list[dict[str, Any]]:
-    """The store's rows of ``grid``'s cells (in grid order), numeric columns parsed."""
+    """The store's rows of ``grid``'s cells (in grid order), numeric columns parsed.
+
+    Where the grid varies a parameter of one algorithm (end-to-end's learning rate, say), its rows'
+    ``algorithm`` names the variant: ``"end_to_end [lr=0.03]"``, so that tables and figures keep the
+    variants apart; the plain name is kept in ``base_algorithm``.
+    """
     by_key = {row["cell"]: row for row in store.rows()}
+    cells = [cell for cell in grid.cells if cell.key in by_key]
+    varying = _varying_params(cells)
     rows = []
-    for cell in grid.cells:
-        if cell.key in by_key:
-            row: dict[str, Any] = dict(by_key[cell.key])
-            for name in NUMERIC:
-                if row.get(name) not in (None, ""):
-                    row[name] = float(row[name]) if name in ("welfare", "upper_bound", "wall_s") else int(row[name])
-            rows.append(row)
+    for cell in cells:
+        row: dict[str, Any] = dict(by_key[cell.key])
+        for name in NUMERIC:
+            if row.get(name) not in (None, ""):
+                row[name] = (
+                    float(row[name]) if name in ("welfare", "upper_bound", "wall_s") else int(row[name])
+                )
+        algorithm = str(cell.config.get("algorithm", ""))
+        row["base_algorithm"] = algorithm
+        suffix = [
+            f"{name.removeprefix(algorithm + '_')}={cell.config[name]}"
+            for name in varying.get((cell.config["task"], algorithm), ())
+        ]
+        if suffix:
+            row["algorithm"] = f"{algorithm} [{', '.join(suffix)}]"
+        rows.append(row)
     return rows
+
+
+def _varying_params(cells: Sequence[Any]) -> dict[tuple[str, str], list[str]]:
+    """Per (task, algorithm): its own parameters (``Param.algorithms``) that take several values."""
+    values: dict[tuple[str, str], dict[str, set[Any]]] = defaultdict(lambda: defaultdict(set))
+    for cell in cells:
+        group = (cell.config["task"], str(cell.config.get("algorithm", "")))
+        for name, param in cell.experiment.params.items():
+            if param.algorithms is not None:
+                values[group][name].add(cell.config[name])
+    return {group: [n for n, v in params.items() if len(v) > 1] for group, params in values.items()}
+
+
+def _label(algorithm: str) -> str:
+    """``"end_to_end [lr=0.03]"`` -> ``"end-to-end [lr=0.03]"``."""
+    base, space, variant = algorithm.partition(" ")
+    return LABELS.get(base, base) + space + variant
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -57,7 +90,12 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 def _algorithms(rows: Iterable[dict[str, Any]]) -> list[str]:
     present = {str(r["algorithm"]) for r in rows}
-    return [a for a in ALGORITHM_ORDER if a in present] + sorted(present - set(ALGORITHM_ORDER))
+
+    def order(algorithm: str) -> tuple[int, str]:
+        base = algorithm.partition(" ")[0]
+        return (ALGORITHM_ORDER.index(base) if base in ALGORITHM_ORDER else len(ALGORITHM_ORDER), algorithm)
+
+    return sorted(present, key=order)
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -85,9 +123,10 @@ def welfare_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| algorithm | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
     for algorithm in _algorithms(rows):
         cells = [
-            _cell_text([r["welfare"] for r in rows if r["algorithm"] == algorithm and r["k"] == k]) for k in ks
+            _cell_text([r["welfare"] for r in rows if r["algorithm"] == algorithm and r["k"] == k])
+            for k in ks
         ]
-        lines.append(f"| {LABELS.get(algorithm, algorithm)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(algorithm)} | " + " | ".join(cells) + " |")
     bounds = [
         f"{np.mean([r['upper_bound'] for r in rows if r['k'] == k]):.2f}"
         if any(r["k"] == k and r.get("upper_bound") not in (None, "") for r in rows)
@@ -123,9 +162,10 @@ def comparisons(rows: list[dict[str, Any]]) -> list[str]:
     at_k = [r for r in rows if r["k"] == k]
     welfare = {a: [r["welfare"] for r in at_k if r["algorithm"] == a] for a in _algorithms(at_k)}
     sentences = []
-    for algorithm in ("em", "end_to_end"):
+    learners = [a for a in welfare if a.partition(" ")[0] in ("em", "end_to_end")]
+    for algorithm in learners:
         for baseline in ("random", "kmeans"):
-            if algorithm in welfare and baseline in welfare and welfare[algorithm] and welfare[baseline]:
+            if welfare[algorithm] and welfare.get(baseline):
                 (m, s), (mb, sb) = mean_se(welfare[algorithm]), mean_se(welfare[baseline])
                 verdict = {
                     "ahead": "ahead of",
@@ -134,7 +174,8 @@ def comparisons(rows: list[dict[str, Any]]) -> list[str]:
                     "unknown": "not yet comparable (one seed) with",
                 }[compare(welfare[algorithm], welfare[baseline])]
                 sentences.append(
-                    f"{LABELS[algorithm]} {m:.2f} ± {s:.2f} is {verdict} {LABELS[baseline]} {mb:.2f} ± {sb:.2f} "
+                    f"{_label(algorithm)} {m:.2f} ± {s:.2f} is {verdict} "
+                    f"{_label(baseline)} {mb:.2f} ± {sb:.2f} "
                     f"at k = {k} ({len(welfare[algorithm])} and {len(welfare[baseline])} seeds)."
                 )
     return sentences
@@ -145,7 +186,7 @@ def headline_table(rows: list[dict[str, Any]]) -> str:
     groups = _groups(rows)
     algorithms = _algorithms(rows)
     lines = [
-        "| task | k | " + " | ".join(LABELS.get(a, a) for a in algorithms) + " | bound |",
+        "| task | k | " + " | ".join(_label(a) for a in algorithms) + " | bound |",
         "|---|---:|" + "---:|" * (len(algorithms) + 1),
     ]
     for (task, n_agents), panel in groups.items():
@@ -179,7 +220,11 @@ def _display(path: Path) -> str:
 
 def report_markdown(grid: Grid, rows: list[dict[str, Any]], store: Store, figures: Sequence[str]) -> str:
     """The whole ``report.md``."""
-    lines = [f"## Grid `{grid.name}`", "", grid.description, ""] if grid.description else [f"## Grid `{grid.name}`", ""]
+    lines = (
+        [f"## Grid `{grid.name}`", "", grid.description, ""]
+        if grid.description
+        else [f"## Grid `{grid.name}`", ""]
+    )
     if not rows:
         return "\n".join([*lines, "No cell has finished yet.", ""])
     for (task, n_agents), panel in _groups(rows).items():
@@ -187,7 +232,9 @@ def report_markdown(grid: Grid, rows: list[dict[str, Any]], store: Store, figure
         lines += [f"- {s}" for s in comparisons(panel)] + [""]
     lines.append(_caption(grid, rows, store))
     lines += [f"![{name}]({name})" for name in figures]
-    wall = sum(float(r["wall_s"]) for r in rows if not r.get("shared_with") and r.get("wall_s") not in (None, ""))
+    wall = sum(
+        float(r["wall_s"]) for r in rows if not r.get("shared_with") and r.get("wall_s") not in (None, "")
+    )
     lines += ["", f"*Compute: {wall / 3600:.1f} core-hours of training and evaluation.*", ""]
     return "\n".join(lines)
 
@@ -232,7 +279,7 @@ def plot_histograms(rows: list[dict[str, Any]], path: Path) -> bool:
     algorithms = _algorithms([r for *_, chosen in panels for r in chosen.values()])
     fig = Figure(figsize=(3.2 * len(algorithms), 2.8 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), len(algorithms), squeeze=False)
-    for row_axes, (task, n_agents, k, seed, chosen) in zip(axes, panels):
+    for row_axes, (task, _, k, seed, chosen) in zip(axes, panels):
         b = TARGET_RANGES.get(f"{task}-v5", 1.0)
         for ax, algorithm in zip(row_axes, algorithms):
             if algorithm not in chosen:
@@ -244,9 +291,9 @@ def plot_histograms(rows: list[dict[str, Any]], path: Path) -> bool:
                 np.array(str(row["assignment"]).split(), dtype=int),
                 k,
                 returns=np.array(str(row["returns"]).split(), dtype=float) if row.get("returns") else None,
-                bins=np.linspace(0.0, b, 21),
+                bins=np.linspace(0.0, b, 21).tolist(),
                 ax=ax,
-                title=f"{task} k={k} seed {seed}: {LABELS.get(algorithm, algorithm)} {row['welfare']:.1f}",
+                title=f"{task} k={k} seed {seed}: {_label(algorithm)} {row['welfare']:.1f}",
             )
     axes[0][-1].legend(fontsize=6, frameon=False)
     fig.savefig(path, dpi=100)
@@ -269,7 +316,8 @@ def plot_paths(rows: list[dict[str, Any]], path: Path) -> bool:
     axes = fig.subplots(1, len(chosen), squeeze=False)[0]
     for ax, row in zip(axes, chosen):
         paths = [
-            np.array([[float(v) for v in step.split(",")] for step in rep.split(";")]) for rep in row["paths"].split("|")
+            np.array([[float(v) for v in step.split(",")] for step in rep.split(";")])
+            for rep in row["paths"].split("|")
         ]
         assignment = np.array(str(row["assignment"]).split(), dtype=int)
         plot_grid_paths(paths, assignment, ax=ax, title=f"EM, k={row['k']}: welfare {row['welfare']:.2f}")
@@ -297,6 +345,29 @@ def write_report(grid: Grid, store: Store, folder: str | Path) -> list[Path]:
     (folder / "report.md").write_text(report_markdown(grid, rows, store, figures))
     written.append(folder / "report.md")
     return written + [folder / name for name in figures]
+
+
+def embed(path: str | Path, grid_name: str, text: str) -> bool:
+    """Replace the block between ``<!-- bench: GRID -->`` and ``<!-- /bench -->`` in the markdown file
+    ``path`` (a README, say) by ``text``; ``True`` if the file changed.
+
+    :raises GridError: if the file has no such block (it says what to add).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"--embed {str(path)!r}: no such file; give an existing markdown file.")
+    start, end = f"<!-- bench: {grid_name} -->", "<!-- /bench -->"
+    old = path.read_text()
+    head, found, rest = old.partition(start)
+    _, closed, tail = rest.partition(end)
+    if not found or not closed:
+        raise GridError(
+            f"{path} has no block {start} ... {end} to write grid {grid_name!r}'s headline into; add one."
+        )
+    new = f"{head}{start}\n{text.rstrip()}\n{end}{tail}"
+    if new != old:
+        path.write_text(new)
+    return new != old
 
 
 def by_cell(rows: list[dict[str, Any]], *columns: str) -> dict[tuple[Any, ...], list[float]]:

@@ -23,13 +23,19 @@ PARAMS: dict[str, Param] = {
     "k": Param(int, 3, minimum=1, help="the policy budget"),
     "seed": Param(int, 0, minimum=0, help="seeds the assigner and SB3"),
     "budget_per_representative": Param(int, 50_000, minimum=1, help="training env steps per policy"),
+    # the results committed before EMAssigner(revive_idle=True) used the plain greedy E-step
+    "em_revive_idle": Param(
+        bool, True, algorithms=("em",), keyed_default=False, help="EM revives idle representatives"
+    ),
     # 1e-2, not the paper's 2e-3: at 50k steps per policy the logits take ~6,000 Adam steps at k = 3 and
     # with 2e-3 the argmax hardly leaves its random start (a sweep over {2e-3, 1e-2, 3e-2}, docs/benchmarks)
     "end_to_end_lr": Param(float, 1e-2, minimum=0.0, algorithms=("end_to_end",), help="logits' Adam lr"),
     "end_to_end_gradient_statistics": Param(
         str, "mean", choices=("mean", "both", "none"), algorithms=("end_to_end",)
     ),
-    "end_to_end_deploy": Param(str, "argmax", choices=("argmax", "best_response"), algorithms=("end_to_end",)),
+    "end_to_end_deploy": Param(
+        str, "argmax", choices=("argmax", "best_response"), algorithms=("end_to_end",)
+    ),
 }
 
 METRICS = (
@@ -52,7 +58,7 @@ def make_assigner(config: dict[str, Any]) -> Any:
 
     algorithm, seed = config["algorithm"], config["seed"]
     if algorithm == "em":
-        return EMAssigner(**HYPERPARAMS[ENV_ID]["assigner_kwargs"])
+        return EMAssigner(**HYPERPARAMS[ENV_ID]["assigner_kwargs"], revive_idle=config["em_revive_idle"])
     if algorithm == "end_to_end":
         return EndToEndAssigner(
             lr=config["end_to_end_lr"],

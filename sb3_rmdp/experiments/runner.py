@@ -62,7 +62,9 @@ class LocalExecutor:
             raise GridError(f"n_jobs={n_jobs}: run at least one worker (--n-jobs 1 or more).")
         self.n_jobs = n_jobs
 
-    def map_unordered(self, function: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[dict[str, Any]]) -> Iterator[Result]:
+    def map_unordered(
+        self, function: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[dict[str, Any]]
+    ) -> Iterator[Result]:
         """``(index, function(configs[index]))`` as each finishes; at most ``n_jobs`` run at a time."""
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(self.n_jobs, mp_context=context, max_tasks_per_child=1) as pool:
@@ -100,7 +102,9 @@ class RayExecutor:
         if address not in (None, "auto"):
             _check_reachable(address)
 
-    def map_unordered(self, function: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[dict[str, Any]]) -> Iterator[Result]:
+    def map_unordered(
+        self, function: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[dict[str, Any]]
+    ) -> Iterator[Result]:
         ray = self.ray
         started_here = not ray.is_initialized()
         if started_here:
@@ -111,7 +115,8 @@ class RayExecutor:
                     ray.init(address=self.address, log_to_driver=False)
             except ConnectionError as error:
                 raise GridError(
-                    f"cannot reach a Ray cluster at {self.address!r} ({error}); start one with `ray start --head` "
+                    f"cannot reach a Ray cluster at {self.address!r} ({error}); start one with "
+                    "`ray start --head` "
                     "and pass --address auto on its nodes, or ray://HEAD:10001 from elsewhere, or leave "
                     "--address out for a local Ray instance."
                 ) from None
@@ -223,9 +228,16 @@ def describe(grid: Grid, store: Store, out: TextIO | None = None) -> Plan:
     core-hours. Writes nothing."""
     out = out or sys.stdout
     todo = plan(grid, store)
-    print(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(grid.cells) - len(todo.left)} finished in {os.path.normpath(store.folder)}", file=out)
+    print(
+        f"grid {grid.name!r}: {len(grid.cells)} cells, {len(grid.cells) - len(todo.left)} finished in "
+        f"{os.path.normpath(store.folder)}",
+        file=out,
+    )
     if todo.orphans:
-        print(f"  ({todo.orphans} rows of the store are no cell of this grid: kept, not reported as its cells)", file=out)
+        print(
+            f"  ({todo.orphans} rows of the store are no cell of this grid: kept, not reported as its cells)",
+            file=out,
+        )
     total_steps, total_hours = 0, 0.0
     for task in dict.fromkeys(c.config["task"] for c in grid.cells):
         left = [c for c in todo.left if c.config["task"] == task]
@@ -239,7 +251,11 @@ def describe(grid: Grid, store: Store, out: TextIO | None = None) -> Plan:
             f"{hours:>8.1f} core-hours at {rate:,.0f} steps/s",
             file=out,
         )
-    print(f"  {'total':<18} {len(todo.left):>5} cells left, {len(todo.runs):>5} runs, {total_steps:>15,} env steps, {total_hours:>8.1f} core-hours", file=out)
+    print(
+        f"  {'total':<18} {len(todo.left):>5} cells left, {len(todo.runs):>5} runs, {total_steps:>15,} "
+        f"env steps, {total_hours:>8.1f} core-hours",
+        file=out,
+    )
     return todo
 
 

@@ -75,7 +75,8 @@ class Store:
                 raise StoreError(f"{meta} is damaged (not JSON); restore it from version control.") from None
             if written_by != grid_name:
                 raise StoreError(
-                    f"store {str(self.folder)!r} holds the results of grid {written_by!r}, not {grid_name!r}; "
+                    f"store {str(self.folder)!r} holds the results of grid {written_by!r}, "
+                    f"not {grid_name!r}; "
                     f"give this grid its own folder (--store DIR) or run the grid file that wrote it."
                 )
         elif self.folder.is_dir() and any(self.folder.iterdir()):
@@ -125,13 +126,19 @@ class Store:
         done = self.finished()
         for row in new:
             if row["cell"] in done:
-                raise ValueError(f"cell {row['cell']} is already in {self.path}; a finished row is never replaced.")
+                raise ValueError(
+                    f"cell {row['cell']} is already in {self.path}; a finished row is never replaced."
+                )
             done.add(row["cell"])
         if not new:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / META).is_file():
-            meta = {"grid": self.grid_name, "format": FORMAT, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            meta = {
+                "grid": self.grid_name,
+                "format": FORMAT,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            }
             _write_atomic(self.folder / META, json.dumps(meta, indent=2) + "\n")
         columns = self._columns + [c for row in new for c in row if c not in self._columns]
         columns = list(dict.fromkeys(columns))

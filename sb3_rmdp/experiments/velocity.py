@@ -39,7 +39,9 @@ PARAMS: dict[str, Param] = {
     "end_to_end_gradient_statistics": Param(
         str, "mean", choices=("mean", "both", "none"), algorithms=("end_to_end",)
     ),
-    "end_to_end_deploy": Param(str, "argmax", choices=("argmax", "best_response"), algorithms=("end_to_end",)),
+    "end_to_end_deploy": Param(
+        str, "argmax", choices=("argmax", "best_response"), algorithms=("end_to_end",)
+    ),
     "end_to_end_mixing": Param(float, 1.0, minimum=0.0, algorithms=("end_to_end",)),
     "kmeans_pretrain_fraction": Param(float, 0.5, minimum=0.0, algorithms=("kmeans",)),
 }
@@ -86,7 +88,13 @@ def ppo_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 
 def make_assigner(config: dict[str, Any], b: float) -> Any:
     """The cell's assigner, seeded by its seed."""
-    from sb3_rmdp.assigners import EMAssigner, EndToEndAssigner, KMeansAssigner, OracleAssigner, RandomAssigner
+    from sb3_rmdp.assigners import (
+        EMAssigner,
+        EndToEndAssigner,
+        KMeansAssigner,
+        OracleAssigner,
+        RandomAssigner,
+    )
 
     algorithm, seed = config["algorithm"], config["seed"]
     if algorithm == "em":
@@ -105,7 +113,9 @@ def make_assigner(config: dict[str, Any], b: float) -> Any:
             seed=seed,
         )
     if algorithm == "kmeans":
-        return KMeansAssigner(pretrain_fraction=config["kmeans_pretrain_fraction"], n_samples=10_000, seed=seed)
+        return KMeansAssigner(
+            pretrain_fraction=config["kmeans_pretrain_fraction"], n_samples=10_000, seed=seed
+        )
     if algorithm == "random":
         return RandomAssigner(seed=seed)
     return OracleAssigner(low=0.0, high=b)
@@ -127,7 +137,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     b = TARGET_RANGES[f"{task}-v5"]
     env_kwargs = {"n_agents": config["n_agents"], "seed": seed}
     train_env = VecNormalize(
-        make_rmdp_vec_env(env_id, n_envs=k, seed=seed, env_kwargs=env_kwargs), norm_obs=True, norm_reward=False
+        make_rmdp_vec_env(env_id, n_envs=k, seed=seed, env_kwargs=env_kwargs),
+        norm_obs=True,
+        norm_reward=False,
     )
     model = RMDPPPO(
         "MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(config, b), **ppo_kwargs(config)
