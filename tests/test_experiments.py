@@ -184,6 +184,19 @@ def test_run_resume_and_shared_k1(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert kmeans1["shared_with"] == "em" and kmeans1["welfare"] == em1["welfare"]
 
 
+def test_a_failing_cell_is_reported_and_the_others_land(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # k = 30 > 25 agents: RMDPPPO refuses the cell when it starts, the k = 2 cell runs on
+    path = tiny_grid(tmp_path, 'algorithm = "em"\nk = [30, 2]\n')
+    assert bench(["run", str(path), "--n-jobs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "ResourceGathering em k=30 seed=0: FAILED" in captured.out
+    assert "1 of 2 runs failed" in captured.err and "lower k to at most 25" in captured.err
+    rows = Store(tmp_path / "store", "tiny").rows()
+    assert [r["k"] for r in rows] == ["2"]
+
+
 def test_dry_run_counts_what_is_left(tmp_path: Path) -> None:
     grid = Grid.from_file(GRIDS / "figure3.toml")
     out = io.StringIO()

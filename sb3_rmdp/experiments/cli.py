@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sb3_rmdp.experiments.grid import Grid, GridError
-from sb3_rmdp.experiments.runner import EXECUTORS, default_n_jobs, describe, make_executor, run_grid
+from sb3_rmdp.experiments.runner import (
+    EXECUTORS,
+    CellsFailed,
+    default_n_jobs,
+    describe,
+    make_executor,
+    run_grid,
+)
 from sb3_rmdp.experiments.store import Store
 
 PROG = "sb3-rmdp bench"
@@ -84,7 +91,8 @@ def open_store(grid: Grid, folder: Path | None) -> Store:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``sb3-rmdp bench`` with ``argv``; 0 on success, 2 on a user error, 130 on Ctrl-C."""
+    """Run ``sb3-rmdp bench`` with ``argv``; 0 on success, 1 if some cells failed (the others are in the
+    store), 2 on a user error, 130 on Ctrl-C."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
@@ -112,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GridError as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except CellsFailed as error:
+        print(f"{PROG} {args.command}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             f"{PROG}: interrupted; the finished cells are in the store, rerun the same command to resume.",

@@ -49,7 +49,12 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-Result = tuple[int, dict[str, Any]]
+#: ``(index of the config, its metrics, or the exception its cell raised)``
+Result = tuple[int, dict[str, Any] | Exception]
+
+
+class CellsFailed(RuntimeError):
+    """Some cells raised; the others finished and are in the store. The message lists the failures."""
 
 
 class LocalExecutor:
@@ -73,7 +78,11 @@ class LocalExecutor:
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
-                        yield pending.pop(future), future.result()
+                        index = pending.pop(future)
+                        try:
+                            yield index, future.result()
+                        except Exception as error:  # the cell's own error: the grid goes on
+                            yield index, error
             finally:
                 for future in pending:
                     future.cancel()
@@ -127,7 +136,11 @@ class RayExecutor:
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)
                     for ref in done:
-                        yield pending.pop(ref), ray.get(ref)
+                        index = pending.pop(ref)
+                        try:
+                            yield index, ray.get(ref)
+                        except Exception as error:  # the cell's own error (a RayTaskError): the grid goes on
+                            yield index, error
             finally:
                 for ref in pending:
                     ray.cancel(ref, force=True)
@@ -267,8 +280,11 @@ def run_grid(
 ) -> int:
     """Run every cell of ``grid`` that ``store`` lacks; each row is in the store as soon as its cell ends.
 
+    A cell that raises is reported and left out of the store; the grid goes on with the others.
+
     :param out: where the progress lines go (default: stdout).
     :return: the number of rows appended.
+    :raises CellsFailed: after the last cell, if any cell raised (naming each and its error).
     """
     out = out or sys.stdout
     todo = plan(grid, store)
@@ -288,8 +304,14 @@ def run_grid(
     )
     started = time.perf_counter()
     configs = [run.config for run in todo.runs]
+    failures: list[str] = []
     for done, (index, result) in enumerate(executor.map_unordered(run_cell, configs), 1):
         run = todo.runs[index]
+        elapsed = time.perf_counter() - started
+        if isinstance(result, Exception):
+            failures.append(f"{run.label()} ({run.key}): {type(result).__name__}: {result}")
+            print(f"[{done}/{len(todo.runs)}] {run.label()}: FAILED, {failures[-1]}", file=out, flush=True)
+            continue
         rows = []
         for cell in sharers[run.run_key]:
             row = {"cell": cell.key, **cell.config, **result, "executor": executor.name}
@@ -299,13 +321,18 @@ def run_grid(
         store.append(rows)
         appended += len(rows)
         welfare = result.get("welfare")
-        elapsed = time.perf_counter() - started
         eta = elapsed / done * (len(todo.runs) - done)
         print(
             f"[{done}/{len(todo.runs)}] {run.label()}: welfare {welfare} in {result['wall_s']:.0f}s "
             f"(elapsed {elapsed / 60:.0f} min, about {math.ceil(eta / 60)} min left)",
             file=out,
             flush=True,
+        )
+    if failures:
+        raise CellsFailed(
+            f"{len(failures)} of {len(todo.runs)} runs failed (their cells are not in {store.path}; the "
+            "others are): " + "; ".join(failures) + ". Fix the cause, then rerun the same command: it runs "
+            "only the cells left."
         )
     return appended
 
