@@ -73,8 +73,11 @@ class LocalExecutor:
         """``(index, function(configs[index]))`` as each finishes; at most ``n_jobs`` run at a time."""
         context = multiprocessing.get_context("spawn")
         # a fresh process per cell (Python 3.11+): no state, memory or MuJoCo log carried between cells
-        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-        with ProcessPoolExecutor(self.n_jobs, mp_context=context, **fresh) as pool:
+        if sys.version_info >= (3, 11):
+            pool = ProcessPoolExecutor(self.n_jobs, mp_context=context, max_tasks_per_child=1)
+        else:  # pragma: no cover - Python 3.10
+            pool = ProcessPoolExecutor(self.n_jobs, mp_context=context)
+        with pool:
             pending = {pool.submit(function, config): i for i, config in enumerate(configs)}
             try:
                 while pending:
