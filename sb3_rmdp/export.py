@@ -20,6 +20,7 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from sb3_rmdp.files import atomic_write, with_zip_suffix, write_text
 from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, nash_welfare, utilitarian_welfare
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ def export_representative(
 
     :param model: a trained :class:`~sb3_rmdp.RMDPPPO`.
     :param j: the representative, ``0 <= j < k``.
-    :param path: where to write; ``.zip`` is added when there is no suffix, as SB3 does.
+    :param path: where to write; ``.zip`` is added when there is no suffix, as SB3 does. The file is
+        written to a temporary file in the same folder and renamed into place.
     :param agents: agents whose mean value the exported value head predicts (default: those j serves).
     :return: the path written.
     """
@@ -150,10 +152,9 @@ def export_representative(
             device="cpu",
         )
     exported.policy.load_state_dict(state)
-    path = pathlib.Path(path)
-    if path.suffix == "":
-        path = path.with_suffix(".zip")
-    exported.save(path)
+    path = with_zip_suffix(path)
+    with atomic_write(path) as file:  # a failed export leaves the previous file intact
+        exported.save(file)
     return path
 
 
@@ -227,8 +228,8 @@ def review_dossier(
         },
     }
     path = pathlib.Path(path)
-    path.with_suffix(".json").write_text(json.dumps(dossier, indent=2) + "\n")
-    path.with_suffix(".md").write_text(_markdown(dossier))
+    write_text(path.with_suffix(".json"), json.dumps(dossier, indent=2) + "\n")
+    write_text(path.with_suffix(".md"), _markdown(dossier))
     return dossier
 
 

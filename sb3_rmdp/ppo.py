@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import random
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import is_json_serializable, recursive_getattr, save_to_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
@@ -25,7 +27,16 @@ from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
+from sb3_rmdp.files import atomic_write, with_zip_suffix
 from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
+from sb3_rmdp.serialization import (
+    Unencodable,
+    check_rmdp_data,
+    decode_model_data,
+    encode_field,
+    read_model_bytes,
+    read_model_data,
+)
 
 SelfRMDPPPO = TypeVar("SelfRMDPPPO", bound="RMDPPPO")
 
@@ -257,12 +268,41 @@ class RMDPPPO(PPO):
         exclude: Iterable[str] | None = None,
         include: Iterable[str] | None = None,
     ) -> None:
-        """SB3's ``save``, plus the global random states that :meth:`load` restores (see the class notes)."""
+        """SB3's zip, with the package's own state written as data and the global random states added.
+
+        The attributes JSON cannot hold (the assigner and its state, arrays, spaces, schedules, random
+        states...) are written as data (:mod:`sb3_rmdp.serialization`), not pickled, so that :meth:`load`
+        runs no code from the file; only what is not data (e.g. a learning rate that is a function of
+        the user's) is left to SB3's pickling. The file is written to a temporary file in the same
+        folder and renamed into place: a save that fails leaves the previous file intact. A path without
+        a suffix gets ``.zip``, as with SB3.
+        """
         self._random_state = _global_random_state()
         try:
-            super().save(path, exclude=exclude, include=include)
+            data = self.__dict__.copy()
         finally:
             del self._random_state
+        # SB3's `save`, with the data encoding in between (SB3 offers no hook for it).
+        excluded = set(exclude or []).union(self._excluded_save_params())
+        if include is not None:
+            excluded = excluded.difference(include)
+        state_dicts_names, torch_variable_names = self._get_torch_save_params()
+        excluded.update(name.split(".")[0] for name in state_dicts_names + torch_variable_names)
+        for name in excluded:
+            data.pop(name, None)
+        for key, value in data.items():
+            if not is_json_serializable(value):
+                try:
+                    data[key] = encode_field(value)
+                except Unencodable:
+                    pass  # SB3 pickles it; a default load then asks for trusted=True
+        pytorch_variables = {name: recursive_getattr(self, name) for name in torch_variable_names}
+        params = self.get_parameters()
+        if isinstance(path, (str, os.PathLike)):
+            with atomic_write(with_zip_suffix(path)) as file:
+                save_to_zip_file(file, data=data, params=params, pytorch_variables=pytorch_variables)
+        else:
+            save_to_zip_file(path, data=data, params=params, pytorch_variables=pytorch_variables)
 
     @classmethod
     def load(
@@ -273,15 +313,29 @@ class RMDPPPO(PPO):
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        trusted: bool = False,
         **kwargs: Any,
     ) -> SelfRMDPPPO:
-        """SB3's ``load``; then the global Python, NumPy and torch random states are set to the saved ones.
+        """SB3's ``load``, running no code from the file unless ``trusted``; then the saved random states.
 
-        (SB3's own ``load`` re-seeds them with the model's seed; restoring the saved states instead is
-        what lets ``learn(..., reset_num_timesteps=False)`` continue bit for bit.) For an exact resume,
-        pass ``env`` in its state at save time and ``force_reset=False`` (see the class notes).
+        The file is read once and checked first: a damaged zip (truncated, a bad CRC), a plain SB3 model
+        and a file with pickled entries each get an error that says so. The package's state is read back
+        from data; SB3's pickled (``:serialized:``) entries, which unpickling would run, are refused
+        unless ``trusted=True`` or ``custom_objects`` gives their objects. Files saved before the data
+        format (sb3-rmdp 0.x) hold pickles only: load them with ``trusted=True`` if you trust them, and
+        save them again. See the Security page of the docs.
 
-        :raises ValueError: if ``env`` has another number of agents than the file, or a number of env
+        Then the global Python, NumPy and torch random states are set to the saved ones (SB3's own
+        ``load`` re-seeds them with the model's seed; restoring the saved states instead is what lets
+        ``learn(..., reset_num_timesteps=False)`` continue bit for bit). For an exact resume, pass ``env``
+        in its state at save time and ``force_reset=False`` (see the class notes).
+
+        :param trusted: the file comes from someone you trust: unpickle its pickled entries and import
+            the classes it names from any module. Unpickling runs any code the file holds.
+        :raises FileNotFoundError: if there is no file at ``path`` (nor ``path.zip``).
+        :raises ValueError: (:class:`~sb3_rmdp.serialization.ModelFileError`) for a damaged file, a model
+            of another algorithm, or (:class:`~sb3_rmdp.serialization.UntrustedFileError`) pickled entries
+            without ``trusted``; if ``env`` has another number of agents than the file, or a number of env
             slots that is not a multiple of its k, or if ``k`` or ``n_agents`` are passed (they are fixed
             by the saved networks).
         """
@@ -291,11 +345,15 @@ class RMDPPPO(PPO):
                     f"load(..., {name}={kwargs[name]}): {name} is fixed by the saved networks and cannot "
                     f"change on load; train a new RMDPPPO for another {name}."
                 )
+        raw, name = read_model_bytes(path)
+        data = read_model_data(raw, name)
+        check_rmdp_data(data, name)
+        objects = decode_model_data(data, name, trusted, custom_objects)
         model = super().load(
-            path,
+            io.BytesIO(raw),
             env=env,
             device=device,
-            custom_objects=custom_objects,
+            custom_objects=objects,
             print_system_info=print_system_info,
             force_reset=force_reset,
             **kwargs,
