@@ -93,6 +93,16 @@ def plot_grid_paths(
     return fig
 
 
+def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new figure of ``figsize`` inches (not pyplot's) and its axes."""
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        return fig, fig.add_subplot()
+    return ax.figure, ax  # type: ignore[return-value]
+
+
 def _representative_color(j: int) -> Any:
     import matplotlib
 
@@ -121,16 +131,11 @@ def plot_assignment(
     :param title: the title (default: ``"assignment of n agents to k representatives"``).
     :return: the figure drawn on.
     """
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     assignment = np.asarray(assignment, dtype=np.int64).reshape(-1)
     n_agents = len(assignment)
-    if ax is None:
-        fig = Figure(figsize=(5, 3.5), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, (5, 3.5))
     colors = [_representative_color(j) for j in range(k)]
     labels = [f"representative {j}" for j in range(k)]
     params = None
@@ -185,13 +190,8 @@ def plot_welfare_vs_k(
     :param welfare_key: the column plotted.
     :return: the figure drawn on.
     """
-    from matplotlib.figure import Figure
 
-    if ax is None:
-        fig = Figure(figsize=(5, 3.5), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, (5, 3.5))
     algorithms = sorted({str(row["algorithm"]) for row in rows})
     for index, algorithm in enumerate(algorithms):
         by_k: dict[int, list[float]] = {}
@@ -258,13 +258,8 @@ def plot_assignment_histogram(
     :param title: the title.
     :return: the figure drawn on.
     """
-    from matplotlib.figure import Figure
 
-    if ax is None:
-        fig = Figure(figsize=(4, 3.2), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _figure_and_axes(ax, (4, 3.2))
     targets, assignment = np.asarray(targets, dtype=float), np.asarray(assignment, dtype=int)
     served = np.ones(len(targets), dtype=bool) if returns is None else np.asarray(returns, dtype=float) > 0
     groups = [targets[(assignment == j) & served] for j in range(k)]
