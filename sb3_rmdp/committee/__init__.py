@@ -1,5 +1,12 @@
 """Policy committees (PACMAN): epsilon-cover clustering of agent params and prototype populations."""
 
+from sb3_rmdp.committee.baselines import (
+    CLUSTERING_METHODS,
+    EPSILON_METHODS,
+    Clustering,
+    cluster_agents,
+    nearest_prototype,
+)
 from sb3_rmdp.committee.cover import (
     CoverResult,
     assign_to_prototypes,
@@ -12,15 +19,20 @@ from sb3_rmdp.committee.greedy import candidate_boxes, greedy_max_coverage, gree
 from sb3_rmdp.committee.prototypes import population_with_agents, prototype_population
 
 __all__ = [
+    "CLUSTERING_METHODS",
+    "EPSILON_METHODS",
+    "Clustering",
     "CoverResult",
     "assign_to_prototypes",
     "candidate_boxes",
     "centre_on_agents",
+    "cluster_agents",
     "epsilon_cover",
     "gradient_prototypes",
     "greedy_max_coverage",
     "greedy_prototypes",
     "linf_distances",
+    "nearest_prototype",
     "population_with_agents",
     "prototype_population",
 ]

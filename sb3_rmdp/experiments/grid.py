@@ -141,7 +141,7 @@ _TASKS: dict[str, str] = {}
 def _load_builtin() -> None:
     # The built-in experiments register themselves on import; importing them here keeps this module free
     # of torch (they import the algorithms only inside their cell functions).
-    from sb3_rmdp.experiments import resource_gathering, velocity  # noqa: F401
+    from sb3_rmdp.experiments import committee, resource_gathering, velocity  # noqa: F401
 
 
 def tasks() -> dict[str, str]:
