@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sb3_rmdp.files import atomic_write, output_problem, with_zip_suffix, write_text
+
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
 
@@ -65,6 +67,15 @@ def _budget(text: str) -> int:
         ) from None
 
 
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected a minibatch of at least 2 samples (advantages are normalized within it), got {text!r}"
+        )
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -104,6 +115,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads", type=_positive_int, default=1, metavar="N", help=TORCH_THREADS_HELP
+    )
+
+
+def _trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="the model file is trusted: allow the pickled objects it may hold, whose loading runs code "
+        "from the file (a file saved by an older sb3-rmdp needs it; see the Security docs page)",
     )
 
 
@@ -189,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: tuned when the env has them)",
     )
     train.add_argument("--n-steps", type=_positive_int, metavar="N", help="env steps per slot per update")
-    train.add_argument("--batch-size", type=_positive_int, metavar="N", help="minibatch size")
+    train.add_argument("--batch-size", type=_batch_size, metavar="N", help="minibatch size, at least 2")
     train.add_argument("--n-epochs", type=_positive_int, metavar="N", help="epochs per update")
     train.add_argument(
         "--policy-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. net_arch=[64,64]"
@@ -206,7 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--save",
         metavar="PATH",
-        help="where to save the model (default ./<env>_k<k>_<assigner>_seed<seed>.zip)",
+        help="where to save the model (default ./<env>_k<k>_<assigner>_seed<seed>.zip; .zip is added to a "
+        "path without suffix); Ctrl-C saves the model so far there",
+    )
+    train.add_argument(
+        "--json", metavar="PATH", help="also write the summary (evaluation table included) as JSON"
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --save or --json file (default: refuse)"
     )
     train.add_argument(
         "--eval-episodes",
@@ -247,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of their mode")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the evaluation env (default 0)")
     evaluate.add_argument("--json", metavar="PATH", help="also write the results (table included) as JSON")
+    _trust(evaluate)
     _common(evaluate)
 
     tune = commands.add_parser(
@@ -287,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--episodes", type=_positive_int, default=1, metavar="N", help="dossier: episodes per representative"
     )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file and dossier (default: refuse)",
+    )
+    _trust(export)
     _common(export)
 
     report = commands.add_parser(
@@ -310,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         report, required=False, what="for a model: agent params from this env instead of the saved ones"
     )
     report.add_argument("--title", help="the figure's title")
+    _trust(report)
     _common(report)
     return parser
 
@@ -367,6 +402,38 @@ def _format_kwargs(kwargs: dict[str, Any]) -> str:
     return " ".join(f"{key}={value!r}" for key, value in kwargs.items())
 
 
+def check_outputs(outputs: Sequence[tuple[str, str | pathlib.Path]], overwrite: bool) -> None:
+    """Fail before any work when an output file cannot be written (or exists, without ``--overwrite``).
+
+    :param outputs: ``(option, path)`` pairs, e.g. ``[("--save", "model.zip")]``.
+    :raises UsageError: naming the option, the path and the fix.
+    """
+    for option, path in outputs:
+        problem = output_problem(path, overwrite=overwrite)
+        if problem is not None:
+            raise UsageError(f"{option} {path}: {problem}.")
+
+
+def check_device(device: str) -> None:
+    """Fail on a device torch does not know, or on a CUDA device where torch sees no GPU.
+
+    :raises UsageError: naming the devices that work.
+    """
+    import torch as th
+
+    if device == "auto":
+        return
+    try:
+        kind = th.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a torch device; pass auto, cpu or cuda (cuda:N).") from None
+    if kind == "cuda" and not th.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); pass "
+            "--device cpu (or auto, which takes a GPU when there is one)."
+        )
+
+
 def existing_file(path: str, what: str) -> pathlib.Path:
     """``path`` as a ``Path`` if it is a file.
 
@@ -378,16 +445,23 @@ def existing_file(path: str, what: str) -> pathlib.Path:
     return file
 
 
-def load_model(path: str, device: str = "auto") -> RMDPPPO:
-    """Load a saved ``RMDPPPO`` zip.
+def load_model(path: str, device: str = "auto", trusted: bool = False) -> RMDPPPO:
+    """Load a saved ``RMDPPPO`` zip, running no code from it unless ``trusted`` (``--trust``).
 
-    :raises UsageError: when the file is missing or is not an RMDPPPO save.
+    :raises UsageError: when the file is missing, damaged, untrusted or is not an RMDPPPO save.
     """
     from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.serialization import ModelFileError, UntrustedFileError
 
     file = existing_file(path, "model file")
     try:
-        return RMDPPPO.load(file, device=device)
+        return RMDPPPO.load(file, device=device, trusted=trusted)
+    except UntrustedFileError as error:
+        raise UsageError(
+            f"{error}".replace("pass trusted=True to RMDPPPO.load (--trust", "pass --trust (")
+        ) from None
+    except ModelFileError as error:
+        raise UsageError(str(error)) from None
     except Exception as error:  # a zip of another algorithm, a truncated file, not a zip...
         raise UsageError(
             f"cannot load {path!r} as an RMDPPPO model ({type(error).__name__}: {error}); pass a zip written "
@@ -501,6 +575,14 @@ def train_command(args: argparse.Namespace) -> int:
     from sb3_rmdp.welfare import evaluate_agent_returns
 
     check_env_id(args.env)
+    # Every output is checked before training: a run must not end unable to write what it trained.
+    save = with_zip_suffix(args.save or _default_save_name(args))
+    check_outputs([("--save", save), *([("--json", args.json)] if args.json else [])], args.overwrite)
+    if args.tensorboard_log:
+        problem = output_problem(args.tensorboard_log, folder=True)
+        if problem is not None:
+            raise UsageError(f"--tensorboard-log {args.tensorboard_log}: {problem}.")
+    check_device(args.device)
     user_env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
     policy_kwargs = parse_key_values(args.policy_kwargs, "--policy-kwargs")
     hyperparams = args.hyperparams or ("tuned" if args.env in HYPERPARAMS else "default")
@@ -546,37 +628,63 @@ def train_command(args: argparse.Namespace) -> int:
     except TypeError as error:  # policy kwargs the policy does not take
         raise UsageError(f"{error}; fix --policy-kwargs (e.g. net_arch=[64,64]).") from None
 
-    save = pathlib.Path(args.save or _default_save_name(args))
     print(
         f"Training RMDPPPO on {args.env} ({_format_kwargs(env_kwargs) or 'default env kwargs'}): "
         f"{model.n_agents} agents, k={args.k} representatives, {args.assigner} assigner, "
         f"{hyperparams} hyperparameters, {args.timesteps} steps over {n_envs} env slots."
     )
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmExperimentalWarning)  # SB3's bar is tqdm.rich's
-        model.learn(
-            args.timesteps, progress_bar=not args.no_progress_bar, tb_log_name=f"{args.assigner}_k{args.k}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)  # SB3's bar is tqdm.rich's
+            model.learn(
+                args.timesteps,
+                progress_bar=not args.no_progress_bar,
+                tb_log_name=f"{args.assigner}_k{args.k}",
+            )
+    except KeyboardInterrupt:
+        model.save(save)  # checked writable above; written atomically
+        print(
+            f"\nInterrupted after {model.num_timesteps} of {args.timesteps} steps: the model so far is saved "
+            f"to {save}. Resume it with RMDPPPO.load({str(save)!r}, env=...).learn(..., "
+            "reset_num_timesteps=False).",
+            file=sys.stderr,
         )
+        return 130
     elapsed = time.perf_counter() - start
-    save.parent.mkdir(parents=True, exist_ok=True)
     model.save(save)
     speed = model.num_timesteps / elapsed
     print(f"Trained {model.num_timesteps} steps in {elapsed:.1f} s ({speed:.0f} steps/s).")
+    summary: dict[str, Any] = {}
     if args.eval_episodes > 0:
         # In the env's own units: the tuned env kwargs (e.g. Resource Gathering's reward_scale=0.01) are
         # a training device, so only the user's --env-kwargs shape the evaluation env.
         table = evaluate_agent_returns(
             model, make_env(args.env, user_env_kwargs, seed=args.seed), n_episodes=args.eval_episodes
         )
+        summary = welfare_summary(table, model.assignment())
         print_summary(
-            welfare_summary(table, model.assignment()),
-            f"Deployed assignment, {args.eval_episodes} evaluation episode(s) per representative",
+            summary, f"Deployed assignment, {args.eval_episodes} evaluation episode(s) per representative"
         )
     else:
         sizes = np.bincount(model.assignment(), minlength=args.k)
         print(f"group sizes: {' '.join(str(size) for size in sizes)}")
     print(f"Model saved to {save}")
+    if args.json:
+        results = {
+            "model": str(save),
+            "env": args.env,
+            "env_kwargs": user_env_kwargs,
+            "k": args.k,
+            "assigner": args.assigner,
+            "num_timesteps": int(model.num_timesteps),
+            "train_seconds": elapsed,
+            "eval_episodes": args.eval_episodes,
+            "assignment": model.assignment().tolist(),
+            **summary,
+        }
+        write_text(args.json, json.dumps(results, indent=2, default=str) + "\n")
+        print(f"Summary written to {args.json}")
     # The user's env kwargs only, as for the summary above: returns in the env's own units.
     env_option = " --env-kwargs " + " ".join(f"{key}={value!r}" for key, value in user_env_kwargs.items())
     print(f"Evaluate it with: {PROG} evaluate {save} --env {args.env}{env_option if user_env_kwargs else ''}")
@@ -593,7 +701,7 @@ def _default_save_name(args: argparse.Namespace) -> str:
 def evaluate_command(args: argparse.Namespace) -> int:
     from sb3_rmdp.welfare import evaluate_agent_returns
 
-    model = load_model(args.model)
+    model = load_model(args.model, trusted=args.trust)
     env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
     vec_env = evaluation_env(model, args.env, env_kwargs, seed=args.seed)
     table = evaluate_agent_returns(
@@ -614,7 +722,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "deterministic": not args.stochastic,
             **summary,
         }
-        pathlib.Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_text(args.json, json.dumps(summary, indent=2, default=str) + "\n")
         print(f"Results written to {args.json}")
     return 0
 
@@ -640,7 +748,10 @@ def export_command(args: argparse.Namespace) -> int:
 
     if args.dossier and not args.env:
         raise UsageError("--dossier evaluates the representative: pass --env ID (and its --env-kwargs).")
-    model = load_model(args.model)
+    out = with_zip_suffix(args.out)
+    outputs = [out, out.with_suffix(".json"), out.with_suffix(".md")] if args.dossier else [out]
+    check_outputs([("--out", output) for output in outputs], args.overwrite)
+    model = load_model(args.model, trusted=args.trust)
     if not 0 <= args.j < model.k:
         raise UsageError(f"-j {args.j}: the model has k={model.k} representatives; pass 0 <= J < {model.k}.")
     path = export_representative(model, args.j, args.out)
@@ -706,7 +817,7 @@ def report_command(args: argparse.Namespace) -> int:
             ks = sorted({int(row["k"]) for row in rows if row["algorithm"] == algorithm})
             print(f"{algorithm}: k = {', '.join(map(str, ks))}")
     else:
-        model = load_model(str(paths[0]))
+        model = load_model(str(paths[0]), trusted=args.trust)
         params = model.agent_params
         if args.env:
             from sb3_rmdp.envs.vec_env import vec_env_agent_params
@@ -716,9 +827,9 @@ def report_command(args: argparse.Namespace) -> int:
             )
         figure = plot_assignment(model.assignment(), model.k, params, title=args.title)
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        figure.savefig(out, dpi=150)
+        with atomic_write(out) as file:  # a failed plot leaves the previous image intact
+            figure.savefig(file, dpi=150, format=out.suffix.lstrip(".").lower() or None)
     except ValueError as error:  # an unknown image format
         raise UsageError(f"cannot write {out}: {error}") from None
     print(f"Figure written to {out}")

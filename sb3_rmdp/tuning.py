@@ -45,13 +45,14 @@ from optuna.pruners import MedianPruner
 from optuna.samplers import TPESampler
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 from sb3_rmdp.assigners import ASSIGNERS
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.envs import make_rmdp_vec_env
+from sb3_rmdp.files import output_problem, write_text
 from sb3_rmdp.ppo import RMDPPPO
 from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, utilitarian_welfare
 
@@ -405,10 +406,18 @@ def make_storage(
                 "(SQLAlchemy 2.1 reads postgresql:// as psycopg 3: pip install 'psycopg[binary]'); MySQL: "
                 "pip install pymysql and a mysql+pymysql:// URL."
             ) from error
-        except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        except ArgumentError as error:  # not a URL, or an unknown database
+            raise ValueError(
+                f"--storage {url!r} is not a database URL SQLAlchemy can open ({error}): pass e.g. "
+                "sqlite:///study.db, postgresql+psycopg2://user:password@host/db or :memory:."
+            ) from None
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
             # Workers started together on a fresh database race to create its tables; the losers retry.
             if attempt == _CREATION_ATTEMPTS - 1:
-                raise
+                raise ValueError(
+                    f"cannot open the study storage {url!r} ({str(error).splitlines()[0]}): check the URL, "
+                    "that its folder exists and that the database server is reachable."
+                ) from error
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -630,6 +639,17 @@ the study (load_if_exists): --n-trials counts the finished trials of the whole s
 """
 
 
+def _positive_int(text: str) -> int:
+    """An integer >= 1; accepts ``1e5`` and ``100_000`` for step counts."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = 0.0
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sb3-rmdp tune",
@@ -641,12 +661,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--env", required=True, help="r-MDP env id, e.g. sb3_rmdp/ResourceGathering-v0")
-    add("-k", type=int, required=True, help="policy budget: number of representatives")
+    add("-k", type=_positive_int, required=True, help="policy budget: number of representatives, >= 1")
     add("--assigner", default="em", choices=sorted(ASSIGNERS), help="assigner to tune (default: em)")
-    add("--n-trials", type=int, default=100, help="finished trials the study needs, all workers together")
-    add("--n-timesteps", type=int, default=100_000, help="training steps per trial (all env slots)")
-    add("--n-evaluations", type=int, default=5, help="evaluations per trial, reported for pruning")
-    add("--n-eval-episodes", type=int, default=5, help="episodes per representative per evaluation")
+    add(
+        "--n-trials",
+        type=_positive_int,
+        default=100,
+        help="finished trials the study needs, all workers together",
+    )
+    add("--n-timesteps", type=_positive_int, default=100_000, help="training steps per trial (all env slots)")
+    add("--n-evaluations", type=_positive_int, default=5, help="evaluations per trial, reported for pruning")
+    add("--n-eval-episodes", type=_positive_int, default=5, help="episodes per representative per evaluation")
     add("--n-startup-trials", type=int, default=10, help="random trials before TPE, and before pruning")
     add("--n-warmup-evaluations", type=int, default=None, help="no pruning before (n_evaluations // 3)")
     add(
@@ -671,6 +696,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is dead")
     add("--max-retry", type=int, default=3, help="re-runs of a dead worker's trial")
     add("--out", type=Path, default=None, help="write the best trial's hyperparameters to this JSON file")
+    add("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     add("--verbose", type=int, default=1, choices=[0, 1], help="1: Optuna logs every trial (default)")
     return parser
 
@@ -702,7 +728,12 @@ def tune_main(argv: list[str] | None = None) -> int:
     :param argv: command-line arguments (default ``sys.argv[1:]``); ``--help`` lists them.
     :return: exit code: 0 with a best trial, 1 when no trial completed, 130 when interrupted.
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        problem = output_problem(args.out, overwrite=args.overwrite)
+        if problem is not None:  # checked before the study runs, not after
+            parser.error(f"--out {args.out}: {problem}.")
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     sample_params = _load_search_space(args.search_space) if args.search_space else sample_rmdp_params
     try:
@@ -732,6 +763,9 @@ def tune_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted: the study keeps its finished trials; run the command again to resume.")
         return 130
+    except (ValueError, ImportError) as error:  # a bad storage URL, a setting the env rejects...
+        print(f"sb3-rmdp tune: error: {error}", file=sys.stderr)
+        return 2
     counts = {state.name: _count(study.get_trials(deepcopy=False), (state,)) for state in TrialState}
     print(f"Study {study.study_name!r}: " + ", ".join(f"{n} {name}" for name, n in counts.items() if n))
     if _count(study.get_trials(deepcopy=False), (TrialState.COMPLETE,)) == 0:
@@ -742,7 +776,7 @@ def tune_main(argv: list[str] | None = None) -> int:
     print(f"  params: {json.dumps(study.best_trial.params)}")
     print(f"  RMDPPPO hyperparams: {json.dumps(best['hyperparams'])}")
     if args.out is not None:
-        args.out.write_text(json.dumps(best, indent=2) + "\n")
+        write_text(args.out, json.dumps(best, indent=2) + "\n")
         load = f"sb3_rmdp.tuning.load_best_params({str(args.out)!r})"
         print(f"Wrote {args.out}; train with RMDPPPO('MlpPolicy', env, **{load})")
     return 0

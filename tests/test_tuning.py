@@ -297,3 +297,49 @@ def test_normalized_observations_train_on_vec_normalize_and_evaluate_with_its_st
     assert seen == [(False, True), (False, True)]  # frozen, and synced at both evaluations
     assert study.user_attrs["normalize_observations"] is True
     assert best_params(study)["normalize_observations"] is True
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--n-timesteps", "0"], "--n-timesteps: expected a whole number >= 1, got '0'"),
+        (["--n-timesteps", "-5"], "--n-timesteps: expected a whole number >= 1"),
+        (["--n-trials", "0"], "--n-trials: expected a whole number >= 1, got '0'"),
+        (["-k", "0"], "-k: expected a whole number >= 1, got '0'"),
+        (["-k", "-2"], "-k: expected a whole number >= 1"),
+    ],
+)
+def test_bad_counts_are_usage_errors(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--env", ENV, "-k", "2", "--storage", ":memory:", *options]
+    with pytest.raises(SystemExit) as exit_info:
+        tune_main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "not a url"])
+def test_a_bogus_storage_url_is_named(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert tune_main(["--env", ENV, "-k", "2", "--storage", url, "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"sb3-rmdp tune: error: --storage {url!r} is not a database URL")
+        and "sqlite:///" in err
+    )
+
+
+def test_out_is_not_overwritten_without_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "best.json"
+    out.write_text("earlier results\n")
+    with pytest.raises(SystemExit) as exit_info:
+        tune_main([*WORKER_ARGS, "--storage", ":memory:", "--n-trials", "1", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert f"--out {out}: {out} exists already (pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "earlier results\n"
+    code = tune_main(
+        [*WORKER_ARGS, "--storage", ":memory:", "--n-trials", "1", "--out", str(out), "--overwrite"]
+    )
+    assert code == 0 and json.loads(out.read_text())["k"] == 2
