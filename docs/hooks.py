@@ -8,7 +8,8 @@
 
   - ``report NAME`` / ``headline NAME``: the store ``benchmarks/results/NAME/``'s ``report.md`` /
     ``headline.md``, as ``sb3-rmdp bench report`` wrote them from its ``cells.csv``;
-  - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per method and K;
+  - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per clustering and
+    K, from the store ``benchmarks/results/NAME/cells.csv``;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
   - ``throughput [NAME]``: ``benchmarks/results/NAME.csv`` (default ``throughput``);
   - ``threads``: ``benchmarks/results/threads.csv``;
@@ -100,15 +101,17 @@ def _mean_se(v: list[float]) -> str:
 
 
 def committee_table(name: str) -> str:
+    """The store ``benchmarks/results/NAME/`` of a committee grid: per clustering and K, the held-out
+    agents' zero-shot, few-shot and best-member welfare."""
     cells: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     budgets = set()
-    for row in _rows(name):
-        method = row["method"] if not row["epsilon"] else f"{row['method']} ε={float(row['epsilon']):g}"
+    for row in _rows(f"{name}/cells"):
+        method = row["algorithm"] if not row["epsilon"] else f"{row['algorithm']} ε={float(row['epsilon']):g}"
         for key in ("welfare_zero_shot", "welfare_few_shot", "welfare_best_member", "upper_bound_new"):
             cells[(method, int(row["k"]))][key].append(float(row[key]))
         budgets.add(int(row["budget_per_representative"]))
     lines = [
-        "| method | K | zero-shot | few-shot | best member | upper bound |",
+        "| clustering | K | zero-shot | few-shot | best member | upper bound |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for (method, k), v in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0])):
@@ -121,7 +124,7 @@ def committee_table(name: str) -> str:
     return (
         "\n".join(lines)
         + f"\n\n*Held-out agents' mean return: mean ± standard error (seeds), {steps} env steps per "
-        f"representative. Source: `benchmarks/results/{name}.csv`.*\n"
+        f"representative. Source: `benchmarks/results/{name}/cells.csv`.*\n"
     )
 
 
