@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import os
 import pathlib
 import random
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
@@ -19,7 +22,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import is_json_serializable, recursive_getattr, save_to_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn import functional as F
 
 from sb3_rmdp.assigners import Assigner, make_assigner
@@ -39,6 +42,9 @@ from sb3_rmdp.serialization import (
 )
 
 SelfRMDPPPO = TypeVar("SelfRMDPPPO", bound="RMDPPPO")
+#: per-agent (discounted) returns beyond which the critic is known to fail: reward scales of 1e3-1e6 took
+#: the explained variance from 0.82 to 1e-6; RMDPPPO warns once when a rollout's returns exceed it
+RETURN_SCALE_LIMIT = 1e3
 
 
 def normalize_per_representative(
@@ -141,6 +147,8 @@ class RMDPPPO(PPO):
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": MultiRepresentativePolicy}
+    # set once the return-scale warning was given (a class default: files saved before it lack it)
+    _warned_return_scale: bool = False
     policy: MultiRepresentativePolicy
     rollout_buffer: RMDPRolloutBuffer
 
@@ -177,11 +185,17 @@ class RMDPPPO(PPO):
         env_kwargs: dict[str, Any] | None = None,
         _init_setup_model: bool = True,
     ):
-        if int(k) != k or k < 1:
-            raise ValueError(f"k={k}: the policy budget must be a whole number of representatives, k >= 1.")
+        self.k = _check_count(k, "k", "the policy budget must be a whole number of representatives, k >= 1")
+        if n_envs is not None:
+            n_envs = _check_count(n_envs, "n_envs", "pass a number of env slots >= 1, a multiple of k")
         if use_sde:
             raise ValueError("use_sde=True is not supported by RMDPPPO: pass use_sde=False.")
-        self.k = int(k)
+        if normalize_advantage and isinstance(batch_size, int) and batch_size < 2:
+            raise ValueError(
+                f"batch_size={batch_size}: advantages are normalized within each minibatch, which needs at "
+                "least 2 samples; pass batch_size >= 2 (or normalize_advantage=False)."
+            )
+        _check_device(device)
         self.assigner = make_assigner(assigner)
         self.n_agents = 0
         self.agent_params: np.ndarray | None = None
@@ -501,6 +515,8 @@ class RMDPPPO(PPO):
                 representatives=representatives,
             )
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        if not self._warned_return_scale:
+            self._warn_on_return_scale(rollout_buffer.returns)
 
         self.rollout_episode_returns = [
             np.asarray(f, dtype=np.float64).reshape(-1, self.n_agents) for f in finished
@@ -512,6 +528,21 @@ class RMDPPPO(PPO):
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def _warn_on_return_scale(self, returns: np.ndarray) -> None:
+        """Warn once when per-agent returns exceed what the critic can fit (:data:`RETURN_SCALE_LIMIT`)."""
+        largest = float(np.abs(returns).max()) if returns.size else 0.0
+        if largest > RETURN_SCALE_LIMIT:
+            self._warned_return_scale = True
+            warnings.warn(
+                f"Per-agent returns reach {largest:.3g} (more than {RETURN_SCALE_LIMIT:g}): the critic, "
+                "which starts near 0 and steps with clipped gradients, fits such returns poorly (explained "
+                "variance near 0), and the advantages become noise. Scale the rewards down in the env (e.g. "
+                "its reward_scale kwarg, or a reward wrapper before make_rmdp_vec_env); VecNormalize's "
+                "reward normalization does not reach per-agent rewards.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ the update
     def marginal_advantages(self, advantages: th.Tensor, representatives: th.Tensor) -> th.Tensor:
@@ -668,6 +699,45 @@ class RMDPPPO(PPO):
         )
 
 
+def _check_count(value: Any, name: str, meaning: str) -> int:
+    """``value`` as an int when it is a whole number >= 1 (an int, or an integral float).
+
+    :raises TypeError: for a string, ``None``, a bool or another type, naming the fix.
+    :raises ValueError: for NaN, infinities, fractions and numbers below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):
+        hint = f" (a string: pass the number, {name}={int(value)})" if str(value).isdigit() else ""
+        raise TypeError(f"{name}={value!r}: {meaning}; got a {type(value).__name__}{hint}.")
+    if isinstance(value, numbers.Integral):
+        whole = int(value)
+    else:
+        number = float(value)
+        if not math.isfinite(number) or not number.is_integer():
+            raise ValueError(f"{name}={value!r}: {meaning}.")
+        whole = int(number)
+    if whole < 1:
+        raise ValueError(f"{name}={value!r}: {meaning}.")
+    return whole
+
+
+def _check_device(device: th.device | str) -> None:
+    """Fail on a device torch does not know; warn when a CUDA device is asked for and torch sees no GPU
+    (SB3 then trains on the CPU)."""
+    try:
+        kind = th.device(device).type if device != "auto" else "auto"
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device={device!r}: not a torch device; pass 'auto', 'cpu' or 'cuda' (cuda:N)."
+        ) from None
+    if kind == "cuda" and not th.cuda.is_available():
+        warnings.warn(
+            f"device={device!r}: torch sees no CUDA GPU here, so the model trains on the CPU; pass "
+            "device='cpu' to say so, or 'auto'.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _slots_error(n_envs: int, k: int) -> str:
     return (
         f"n_envs={n_envs} env slots cannot be shared evenly by k={k} representatives (slot e is driven by "
@@ -677,6 +747,16 @@ def _slots_error(n_envs: int, k: int) -> str:
 
 def _check_env_fits(env: VecEnv, k: int, n_agents: int) -> None:
     """Raise a ``ValueError`` naming the mismatch when ``env`` is not an r-MDP this model can train on."""
+    wrapper: VecEnv = env
+    while isinstance(wrapper, VecEnvWrapper):
+        if isinstance(wrapper, VecNormalize) and wrapper.norm_reward:
+            raise ValueError(
+                "VecNormalize(norm_reward=True) normalizes the scalar reward SB3 sees (the agents' mean), "
+                "not the per-agent rewards RMDPPPO learns from, so it would be silently ignored: wrap the "
+                "env in VecNormalize(env, norm_reward=False) (observations only), and scale large rewards in "
+                "the env itself (e.g. its reward_scale kwarg)."
+            )
+        wrapper = wrapper.venv
     env_agents = vec_env_n_agents(as_rmdp_vec_env(env))
     if env_agents != n_agents:
         raise ValueError(

@@ -86,6 +86,15 @@ class Assigner(BaseCallback):
             return
         self.n_agents, self.k = int(n_agents), int(k)
         self.agent_params = None if agent_params is None else np.asarray(agent_params, dtype=np.float64)
+        if self.agent_params is not None and (
+            self.agent_params.ndim == 0 or len(self.agent_params) != n_agents
+        ):
+            rows = "a scalar" if self.agent_params.ndim == 0 else f"{len(self.agent_params)} rows"
+            self.n_agents = 0  # not bound
+            raise ValueError(
+                f"agent_params has {rows}, but the r-MDP has {n_agents} agents: give one row of params per "
+                f"agent, an array of shape (n_agents, d) = ({n_agents}, d), or None."
+            )
         self.rng = np.random.default_rng(self.seed if self.seed is not None else seed)
         self._setup()
 
@@ -133,11 +142,20 @@ class Assigner(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.n_rollouts += 1
-        self._update()
+        try:
+            self._update()
+        except BaseException:
+            # The update did not happen (an exception, a Ctrl-C): the counter must not say it did.
+            self.n_rollouts -= 1
+            raise
         self._log()
 
     def _update(self) -> None:
-        """Update the assignment from the finished rollout (``self.model`` holds its data)."""
+        """Update the assignment from the finished rollout (``self.model`` holds its data).
+
+        :attr:`n_rollouts` counts this rollout already, and is set back if this raises; an update that
+        raises should leave the assigner's state as it was (EM's does).
+        """
 
     def _log(self) -> None:
         """Record ``welfare/*`` and ``assignment/*`` in SB3's logger.

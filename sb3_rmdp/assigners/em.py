@@ -238,15 +238,22 @@ class EMAssigner(Assigner):
             self.effective_warm_start = min(self.warm_start_updates, cap)
 
     def _update(self) -> None:
-        self.update_table(self.model.rollout_episode_returns)  # type: ignore[attr-defined]
+        # All or nothing: the new table and assignment are computed aside and stored together, so that an
+        # exception (or a Ctrl-C) in the middle leaves the state, and the rollout counter, as they were.
+        q_table, observed = self.q_table.copy(), self.observed.copy()
+        mix_returns(q_table, observed, self.model.rollout_episode_returns, self.mixing)  # type: ignore[attr-defined]
         warm_start = (
             self.warm_start_updates if self.effective_warm_start is None else self.effective_warm_start
         )
-        if self.n_rollouts > warm_start and self.observed.all():
-            greedy = e_step(self.q_table, self.hard_assignment)
-            self._set_hard_assignment(greedy)  # what is deployed
+        greedy, trained = None, None
+        if self.n_rollouts > warm_start and observed.all():
+            greedy = e_step(q_table, self.hard_assignment)
             if self.revive_idle:
-                trained = revive_idle_representatives(self.q_table, greedy)
+                trained = revive_idle_representatives(q_table, greedy)
+        self.q_table, self.observed = q_table, observed
+        if greedy is not None:
+            self._set_hard_assignment(greedy)  # what is deployed
+            if trained is not None:
                 self.n_revived = int(np.count_nonzero(trained != greedy))
                 if self.n_revived:
                     self._set_weights(one_hot(trained, self.k, self.device))

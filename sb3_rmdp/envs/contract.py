@@ -62,13 +62,24 @@ def check_agent_rewards(agent_rewards: Any, n_agents: int, source: str = "step")
 
     :raises ValueError: on a scalar, a vector of the wrong shape, or a non-finite entry.
     """
-    rewards = np.asarray(agent_rewards, dtype=np.float32)
+    with np.errstate(over="ignore"):  # an overflow to inf is reported below, with its cause
+        rewards = np.asarray(agent_rewards, dtype=np.float32)
     if rewards.shape != (n_agents,):
         raise ValueError(
             f"The env's `{source}` returned a reward of shape {rewards.shape}, but its `reward_space` "
             f"declares {n_agents} agents: return one reward per agent, shape ({n_agents},)."
         )
     if not np.all(np.isfinite(rewards)):
+        exact = np.asarray(agent_rewards, dtype=np.float64)
+        overflow = np.flatnonzero(np.isfinite(exact) & ~np.isfinite(rewards))
+        if len(overflow):
+            raise ValueError(
+                f"The env's `{source}` returned rewards too large for float32 (the rollout buffer's type, "
+                f"largest {np.finfo(np.float32).max:.3g}) for agents {overflow.tolist()}, e.g. "
+                f"{exact[overflow[0]]:.6g}: they are finite, but become inf in float32. Scale the rewards "
+                "down (e.g. a reward_scale env kwarg or a reward wrapper); a critic fits returns of order "
+                "1-100 best."
+            )
         bad = np.flatnonzero(~np.isfinite(rewards))
         raise ValueError(
             f"The env's `{source}` returned a non-finite reward (NaN or inf) for agents {bad.tolist()}: "
