@@ -34,8 +34,10 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     # Every results marker was rendered by docs/hooks.py (a mistyped one would pass as an HTML comment).
     for page in site.rglob("*.html"):
         assert "<!-- results" not in page.read_text(), f"{page}: a results marker was not rendered"
-    for png in (ROOT / "benchmarks" / "results").glob("*.png"):
-        assert (site / "assets" / "results" / png.name).is_file(), f"{png.name} is missing from the site"
+    results = ROOT / "benchmarks" / "results"
+    for png in results.rglob("*.png"):
+        name = png.relative_to(results)
+        assert (site / "assets" / "results" / name).is_file(), f"{name} is missing from the site"
 
 
 PAGES_WITH_CODE = sorted(

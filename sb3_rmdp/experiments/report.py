@@ -29,7 +29,8 @@ from sb3_rmdp.experiments.store import Store
 
 #: the k of the comparisons and histograms (the paper's Figure 5), or the grid's nearest
 COMPARISON_K = 5
-ALGORITHM_ORDER = ("em", "end_to_end", "kmeans", "random", "oracle")
+#: the order of the algorithms in tables and legends: the learned ones, the clusterings, the references
+ALGORITHM_ORDER = ("em", "end_to_end", "coverage", "kmeans", "kmeans++", "gmm", "dbscan", "random", "oracle")
 LABELS = {"em": "EM", "end_to_end": "end-to-end", "kmeans": "K-means", "random": "random", "oracle": "oracle"}
 NUMERIC = ("k", "n_agents", "seed", "budget_per_representative", "welfare", "upper_bound", "wall_s")
 

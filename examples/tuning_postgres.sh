@@ -9,7 +9,7 @@
 # Needs: Debian's PostgreSQL (apt-get install -y postgresql) and psycopg2 in the venv
 # (.venv/bin/pip install -e '.[postgres]', i.e. psycopg2-binary).
 #
-#   bash benchmarks/tuning_postgres.sh 2>&1 | tee benchmarks/results/tuning_postgres.txt
+#   bash examples/tuning_postgres.sh 2>&1 | tee benchmarks/results/tuning_postgres.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
