@@ -457,8 +457,9 @@ def load_model(path: str, device: str = "auto", trusted: bool = False) -> RMDPPP
     try:
         return RMDPPPO.load(file, device=device, trusted=trusted)
     except UntrustedFileError as error:
+        why = str(error).split(" If you trust the file")[0]
         raise UsageError(
-            f"{error}".replace("pass trusted=True to RMDPPPO.load (--trust", "pass --trust (")
+            f"{why} If you trust the file, pass --trust (see the Security page of the docs)."
         ) from None
     except ModelFileError as error:
         raise UsageError(str(error)) from None

@@ -367,7 +367,8 @@ def read_model_bytes(path: str | os.PathLike[str] | io.BufferedIOBase) -> tuple[
         if not file.is_file() and file.suffix == "" and pathlib.Path(f"{file}.zip").is_file():
             file = pathlib.Path(f"{file}.zip")
         if not file.is_file():
-            raise FileNotFoundError(f"No model file at {path} (nor {path}.zip): check the path.")
+            also = f" (nor {path}.zip)" if file.suffix == "" else ""
+            raise FileNotFoundError(f"No model file at {path}{also}: check the path.")
         return file.read_bytes(), str(file)
     return path.read(), getattr(path, "name", "the model file")
 
@@ -437,12 +438,13 @@ def untrusted_message(name: str, keys: list[str], old_format: bool) -> str:
             f"{name} was saved by an sb3-rmdp older than its data format: its state ({listed}) is pickled, "
             "and unpickling runs any code the file holds."
         )
+        instead = "custom_objects={...} with an object for each of these entries"
     else:
         why = f"{name} holds pickled objects ({listed}), and unpickling runs any code the file holds."
+        instead = f"custom_objects={{...}} with an object for each of {listed}"
     return (
-        f"{why} If you trust the file, pass trusted=True to RMDPPPO.load (--trust on the command line); "
-        f"or pass custom_objects={{...}} with an object for each of {listed}. Saving a trusted file again "
-        "writes it as data (see the Security page of the docs)."
+        f"{why} If you trust the file, pass trusted=True to RMDPPPO.load (--trust on the command line), or "
+        f"{instead}; saving a trusted file again writes it as data (see the Security page of the docs)."
     )
 
 

@@ -188,3 +188,11 @@ def test_an_interrupted_em_update_does_not_advance_the_counter(monkeypatch: pyte
     monkeypatch.undo()
     model.learn(128, reset_num_timesteps=False)
     assert assigner.n_rollouts == 2 and assigner.n_e_steps == 2
+
+
+def test_the_fuzz_of_bad_inputs_finds_none_unclear_or_silent(capsys: pytest.CaptureFixture[str]) -> None:
+    import fuzz_inputs  # tests/fuzz_inputs.py, also a script (about 10 s)
+
+    code = fuzz_inputs.main([])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0 and last.endswith(" clear errors, 0 unclear, 0 silent"), last
