@@ -124,10 +124,10 @@ class RMDPPPO(PPO):
     The other parameters are SB3's :class:`~stable_baselines3.PPO`'s.
 
     **Saving and resuming.** :meth:`save` writes SB3's zip: the policy and its optimizer as state dicts,
-    and everything else pickled, the assigner included with its whole state (weights, EM's table and
+    and everything else as data (:mod:`sb3_rmdp.serialization`; no pickle, so that :meth:`load` runs no
+    code from the file), the assigner included with its whole state (weights, EM's table and
     counters, end-to-end's logits, their Adam state and its copy of the returns, K-means's phase and
-    recorded rewards, its generators; see
-    :meth:`Assigner.__getstate__ <sb3_rmdp.assigners.Assigner.__getstate__>`), the rollout state
+    recorded rewards, its generators), the rollout state
     (``_last_obs``, ``_last_episode_starts``, the returns of the episodes in progress,
     ``training_returns``) and the global Python, NumPy and torch random states (NumPy's shuffles the
     minibatches, torch's samples the actions), which :meth:`load` restores. So::
