@@ -84,7 +84,7 @@ def representative_state_dict(
     state["action_net.bias"] = state["action_net.bias"].view(model.k, size)[j].clone()
     if "log_std" in state:
         state["log_std"] = state["log_std"][j].clone()
-    if getattr(policy, "critic", "per_representative") == "conditioned":
+    if getattr(policy, "critic_layout", "per_representative") == "conditioned":
         # Representative j's vector joins the first critic layer's bias; the head has n_agents rows.
         embedding = state.pop("critic_embedding")[j]
         state["mlp_extractor.value_net.0.bias"] = state["mlp_extractor.value_net.0.bias"] + embedding

@@ -162,6 +162,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
 
     action_net: nn.Linear
     value_net: nn.Linear
+    #: the resolved critic layout, ``"per_representative"`` or ``"conditioned"``
+    critic_layout: str
 
     def __init__(
         self,
@@ -186,12 +188,21 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         # Read by `_build`, which the parent constructor calls.
         self.k = int(k)
         self.n_agents = int(n_agents)
-        self.critic = resolve_critic(critic, self.k, self.n_agents)
+        self.critic_layout = resolve_critic(critic, self.k, self.n_agents)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+    @property
+    def critic(self) -> str:
+        """The resolved critic layout, :attr:`critic_layout` (kept for code written before it)."""
+        return self.critic_layout
+
+    @critic.setter
+    def critic(self, layout: str) -> None:
+        self.critic_layout = layout
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(k=self.k, n_agents=self.n_agents, critic=self.critic)
+        data.update(k=self.k, n_agents=self.n_agents, critic=self.critic_layout)
         return data
 
     # ------------------------------------------------------------------ construction
@@ -223,7 +234,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             self.log_std = nn.Parameter(
                 th.ones(self.k, self.action_head_size) * self.log_std_init, requires_grad=True
             )
-        if self.critic == "conditioned":
+        if self.critic_layout == "conditioned":
             first = self._first_critic_layer()
             self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.n_agents)
             #: ``(k, first critic layer's width)``: representative j's vector, added before the activation
@@ -383,7 +394,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             pi_features = vf_features = features
         latent_pi = self.mlp_extractor.forward_actor(pi_features)
         groups = self.as_representatives(representatives, latent_pi.shape[0])
-        if self.critic == "conditioned":
+        if self.critic_layout == "conditioned":
             return latent_pi, self._conditioned_latent_vf(vf_features, groups), groups
         return latent_pi, self.mlp_extractor.forward_critic(vf_features), groups
 
@@ -409,7 +420,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return self.action_dist.proba_distribution(action_logits=head)
 
     def _values_from_latent(self, latent_vf: th.Tensor, representatives: RepresentativesLike) -> th.Tensor:
-        if self.critic == "conditioned":
+        if self.critic_layout == "conditioned":
             return self.value_net(latent_vf)
         index = self.as_representatives(representatives, latent_vf.shape[0])
         return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
@@ -450,7 +461,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     def predict_values(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> th.Tensor:
         """Per-agent values ``(batch, n_agents)`` under each sample's representative."""
         features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
-        if self.critic == "conditioned":
+        if self.critic_layout == "conditioned":
             groups = self.as_representatives(representatives, features.shape[0])
             return self._values_from_latent(self._conditioned_latent_vf(features, groups), groups)
         latent_vf = self.mlp_extractor.forward_critic(features)

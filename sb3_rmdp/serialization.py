@@ -412,21 +412,33 @@ def read_model_data(raw: bytes, name: str) -> dict[str, Any]:
     return data
 
 
-def check_rmdp_data(data: dict[str, Any], name: str) -> None:
-    """Fail with what the file is when it is an SB3 model but not an ``RMDPPPO`` one.
+def saved_algorithm(data: dict[str, Any]) -> str:
+    """The package algorithm that wrote ``data`` (files written before the name was stored: ``RMDPPPO``)."""
+    return str(data.get("_rmdp_algorithm", "RMDPPPO"))
 
-    :raises ModelFileError: for a plain SB3 model.
+
+def check_rmdp_data(data: dict[str, Any], name: str, algorithm: str = "RMDPPPO") -> None:
+    """Fail with what the file is when it is not a model of ``algorithm``.
+
+    :param algorithm: the loading class's :attr:`~sb3_rmdp.core.RMDPAlgorithm.algorithm_name`.
+    :raises ModelFileError: for a plain SB3 model, or a model of another of the package's algorithms.
     """
     if "k" in data and "n_agents" in data:
+        saved = saved_algorithm(data)
+        if saved != algorithm:
+            raise ModelFileError(
+                f"{name} is an {saved} model, not an {algorithm} one: load it with {saved}.load, or with "
+                "sb3_rmdp.load_model, which picks the class the file names."
+            )
         return
     if all(key in data for key in ("n_steps", "n_epochs", "clip_range")):
         raise ModelFileError(
-            f"{name} is a plain SB3 PPO model (one policy, no representatives or agents), not an RMDPPPO "
-            "model: load it with stable_baselines3.PPO.load, or pass a file written by RMDPPPO.save."
+            f"{name} is a plain SB3 PPO model (one policy, no representatives or agents), not an {algorithm} "
+            f"model: load it with stable_baselines3.PPO.load, or pass a file written by {algorithm}.save."
         )
     raise ModelFileError(
-        f"{name} is an SB3 model of another algorithm, not an RMDPPPO model: load it with its own class, "
-        "or pass a file written by RMDPPPO.save."
+        f"{name} is an SB3 model of another algorithm, not an {algorithm} model: load it with its own "
+        f"class, or pass a file written by {algorithm}.save."
     )
 
 

@@ -10,7 +10,7 @@ from sb3_rmdp.assigners.em import best_response, mix_returns
 from sb3_rmdp.welfare import utilitarian_welfare
 
 #: which statistics of the per-representative advantage normalization the logits' gradient flows
-#: through (:func:`sb3_rmdp.ppo.normalize_per_representative`): the mean (the default), mean and std
+#: through (:func:`sb3_rmdp.core.normalize_per_representative`): the mean (the default), mean and std
 #: (the paper's reference code), or neither.
 GRADIENT_STATISTICS = ("mean", "both", "none")
 #: how the deployed hard assignment is read off: each agent's largest logit (the paper), or each agent's
@@ -38,7 +38,7 @@ class EndToEndAssigner(Assigner):
     :param seed: seed of the assigner's generator (``None``: the model's seed).
     :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.
     :param gradient_statistics: which per-representative normalization statistics the logits' gradient
-        flows through (see :func:`sb3_rmdp.ppo.normalize_per_representative`): ``"mean"`` (the mean
+        flows through (see :func:`sb3_rmdp.core.normalize_per_representative`): ``"mean"`` (the mean
         only), ``"both"`` (mean and std, as the paper's reference code) or ``"none"``.
     :param deploy: ``"argmax"`` (the paper): each agent goes to its largest logit. ``"best_response"``:
         each agent goes to the representative with its highest return in :attr:`returns_table`, keeping
