@@ -24,7 +24,7 @@ def slot_representatives(n_envs: int, k: int) -> np.ndarray:
 
 
 def normalize_sorted_groups(advantages: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """:func:`sb3_rmdp.ppo.normalize_per_representative` in NumPy, for samples sorted by representative.
+    """:func:`sb3_rmdp.core.normalize_per_representative` in NumPy, for samples sorted by representative.
 
     Each group is shifted to zero mean and divided by its unbiased std (+ 1e-8); a group of one sample
     gets 0. A handful of vectorized NumPy calls whatever k: the fixed-assignment path of every minibatch.
