@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -55,7 +55,7 @@ class RMDPRolloutBufferSamples(NamedTuple):
     representatives: each sample's representative ``(B,)``
     with the samples grouped (sorted) by representative."""
 
-    observations: th.Tensor
+    observations: th.Tensor | dict[str, th.Tensor]
     actions: th.Tensor
     old_values: th.Tensor | None
     old_log_prob: th.Tensor
@@ -124,7 +124,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
         # per-agent arrays replace them. They are allocated once and reused: every entry is written (by
         # `add`, then by GAE) before it is read, and a fresh multi-megabyte array per rollout would cost
         # its page faults again on every write.
-        super().reset()
+        self._reset_sb3_arrays()
         shape = (self.buffer_size, self.n_envs, self.n_agents)
         if not self._per_agent or self._per_agent[0].shape != shape:
             self._per_agent = ()  # free the old arrays before allocating new ones (peak memory)
@@ -135,6 +135,19 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.marginal_advantages = None
         # Samples are numbered env-major as in SB3's `swap_and_flatten`: sample e * n_steps + t is slot e.
         self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
+
+    def _reset_sb3_arrays(self) -> None:
+        """SB3's ``reset``: the observation, action, start and log-probability arrays, position 0."""
+        RolloutBuffer.reset(self)
+
+    def _store_observations(self, obs: np.ndarray) -> None:
+        if isinstance(self.observation_space, spaces.Discrete):
+            obs = obs.reshape((self.n_envs, *self.obs_shape))
+        self.observations[self.pos] = np.array(obs)
+
+    def _observations_at(self, rows: np.ndarray) -> th.Tensor | dict[str, th.Tensor]:
+        """The observations of time-major ``rows``, as a fresh tensor ``(B, *obs_shape)``."""
+        return self.to_torch(self.observations.reshape(-1, *self.observations.shape[2:])[rows], copy=False)
 
     def add(
         self,
@@ -154,10 +167,8 @@ class RMDPRolloutBuffer(RolloutBuffer):
         """
         if len(log_prob.shape) == 0:
             log_prob = log_prob.reshape(-1, 1)
-        if isinstance(self.observation_space, spaces.Discrete):
-            obs = obs.reshape((self.n_envs, *self.obs_shape))
+        self._store_observations(obs)
         action = action.reshape((self.n_envs, self.action_dim))
-        self.observations[self.pos] = np.array(obs)
         self.actions[self.pos] = np.array(action)
         self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs, self.n_agents)
         self.episode_starts[self.pos] = np.array(episode_start)
@@ -285,16 +296,14 @@ class RMDPRolloutBuffer(RolloutBuffer):
         else:
             advantages = flat(self.advantages)[rows]
         data = (
-            flat(self.observations)[rows],
             flat(self.actions)[rows].astype(np.float32, copy=False),
             flat(self.log_probs)[rows],
             advantages,
             flat(self.returns)[rows],
         )
         # Every array is a fresh copy (fancy indexing): the tensors may share its memory.
-        observations, actions, old_log_prob, advantages, returns = (
-            self.to_torch(array, copy=False) for array in data
-        )
+        observations = self._observations_at(rows)
+        actions, old_log_prob, advantages, returns = (self.to_torch(array, copy=False) for array in data)
         old_values = self.to_torch(flat(self.values)[rows], copy=False) if self.samples_old_values else None
         representatives = RepresentativeGroups(
             index=th.as_tensor(sample_representatives, device=self.device),
@@ -304,3 +313,27 @@ class RMDPRolloutBuffer(RolloutBuffer):
         return RMDPRolloutBufferSamples(
             observations, actions, old_values, old_log_prob, advantages, returns, representatives
         )
+
+
+class RMDPDictRolloutBuffer(RMDPRolloutBuffer):
+    """:class:`RMDPRolloutBuffer` for ``Dict`` observations (SB3's ``DictRolloutBuffer`` layout: one
+    ``(n_steps, n_envs, *shape)`` array per key); minibatch observations are dicts of tensors."""
+
+    observations: dict[str, np.ndarray]  # type: ignore[assignment]
+
+    def _reset_sb3_arrays(self) -> None:
+        DictRolloutBuffer.reset(self)  # type: ignore[arg-type]
+
+    def _store_observations(self, obs: dict[str, np.ndarray]) -> None:  # type: ignore[override]
+        assert isinstance(self.observation_space, spaces.Dict) and isinstance(self.obs_shape, dict)
+        for key, array in self.observations.items():
+            value = np.array(obs[key])
+            if isinstance(self.observation_space.spaces[key], spaces.Discrete):
+                value = value.reshape((self.n_envs, *self.obs_shape[key]))
+            array[self.pos] = value
+
+    def _observations_at(self, rows: np.ndarray) -> dict[str, th.Tensor]:
+        return {
+            key: self.to_torch(array.reshape(-1, *array.shape[2:])[rows], copy=False)
+            for key, array in self.observations.items()
+        }

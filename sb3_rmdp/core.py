@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -42,11 +43,16 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from sb3_rmdp.assigners import Assigner, make_assigner
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
-from sb3_rmdp.buffers import RMDPRolloutBuffer
+from sb3_rmdp.buffers import RMDPDictRolloutBuffer, RMDPRolloutBuffer
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
 from sb3_rmdp.files import atomic_write, with_zip_suffix
-from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
+from sb3_rmdp.policies import (
+    MultiRepresentativePolicy,
+    RepresentativeGroups,
+    check_image_layout,
+    check_policy_fits,
+)
 from sb3_rmdp.serialization import (
     Unencodable,
     check_rmdp_data,
@@ -196,6 +202,7 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
                 f"1 <= k <= n_agents; lower k to at most {self.n_agents}."
             )
         self.agent_params = vec_env_agent_params(vec_env)
+        check_image_layout(vec_env.observation_space)
         return vec_env
 
     @staticmethod
@@ -215,11 +222,13 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
                 f"critic), got {self.policy_class.__name__}: pass one of {aliases} or a subclass of "
                 f"{self.policy_base.__name__}."
             )
+        check_policy_fits(self.policy_class, self.observation_space, self.policy_kwargs, self.policy_aliases)
         # A file saved before critic="auto" existed has no "critic": its critic was per representative.
         self.policy_kwargs = {"critic": "per_representative", **self.policy_kwargs}
         self.policy_kwargs.update(k=self.k, n_agents=self.n_agents)
         if self.rollout_buffer_class is None:
-            self.rollout_buffer_class = RMDPRolloutBuffer
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = RMDPDictRolloutBuffer if dict_obs else RMDPRolloutBuffer
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "n_agents": self.n_agents, "k": self.k}
         self._setup_base_model()
         # Saved with the model: a load rebuilds this layout whatever "auto" resolves to by then.
@@ -357,6 +366,16 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         vec_env = env if isinstance(env, VecEnv) else self._wrap_env(env, self.verbose)
         _check_env_fits(vec_env, self.k, self.n_agents)
         super().set_env(vec_env, force_reset=force_reset)
+
+    def export_arguments(self, progress: float) -> tuple[type[BaseAlgorithm], dict[str, Any]]:
+        """The base algorithm a representative exports as, and its constructor's arguments.
+
+        Used by :func:`~sb3_rmdp.export.export_representative`, which adds the policy, the spaces, the
+        learning rate, ``policy_kwargs``, the seed and the device. Schedules are frozen at ``progress``.
+
+        :param progress: SB3's progress remaining (1 at the start of training, 0 at its end).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not say how it exports a representative.")
 
     # ------------------------------------------------------------------ learning
     def _reset_episode_tracking(self) -> None:

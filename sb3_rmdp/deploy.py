@@ -20,10 +20,10 @@ from sb3_rmdp.committee.cover import CoverResult, linf_distances
 from sb3_rmdp.envs.contract import n_agents_of
 
 if TYPE_CHECKING:
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.core import RMDPAlgorithm
 
 
-def committee_prototypes(committee: RMDPPPO | CoverResult | np.ndarray) -> np.ndarray:
+def committee_prototypes(committee: RMDPAlgorithm | CoverResult | np.ndarray) -> np.ndarray:
     """The prototypes ``(k, d)`` of a committee: a model trained with ``CoverageAssigner``, a cover, or
     the prototypes themselves.
 
@@ -47,7 +47,9 @@ def committee_prototypes(committee: RMDPPPO | CoverResult | np.ndarray) -> np.nd
     return cover.prototypes
 
 
-def zero_shot_select(committee: RMDPPPO | CoverResult | np.ndarray, new_params: np.ndarray | float) -> int:
+def zero_shot_select(
+    committee: RMDPAlgorithm | CoverResult | np.ndarray, new_params: np.ndarray | float
+) -> int:
     """The representative of a new agent from its params alone: the nearest prototype in L-infinity.
 
     :param committee: a model trained with :class:`~sb3_rmdp.assigners.CoverageAssigner`, its
@@ -70,7 +72,7 @@ def zero_shot_select(committee: RMDPPPO | CoverResult | np.ndarray, new_params: 
 
 
 def select_representative(
-    model: RMDPPPO | Any,
+    model: RMDPAlgorithm | Any,
     env: gym.Env,
     n_episodes: int = 3,
     deterministic: bool = True,
@@ -81,7 +83,7 @@ def select_representative(
     Every representative plays the same ``n_episodes`` episodes (episode e starts from
     ``env.reset(seed=seed + e)``), so the comparison is not blurred by different starts.
 
-    :param model: a trained :class:`~sb3_rmdp.RMDPPPO` (anything with ``k`` and
+    :param model: a trained model of the package (anything with ``k`` and
         ``predict(obs, representative=j, deterministic=...)``).
     :param env: the new agent's env: an r-MDP with one agent (reward vector of shape ``(1,)``), e.g. a
         velocity population with ``targets=[v_new]``, or a scalar-reward env wrapped in

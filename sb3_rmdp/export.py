@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 import torch as th
-from stable_baselines3 import PPO
-from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_rmdp.files import atomic_write, with_zip_suffix, write_text
 from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, nash_welfare, utilitarian_welfare
 
 if TYPE_CHECKING:
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.core import RMDPAlgorithm
 
 
 class _SpacesEnv(gym.Env):
@@ -42,7 +40,7 @@ class _SpacesEnv(gym.Env):
         return self.observation_space.sample(), 0.0, True, False, {}
 
 
-def _check_representative(model: RMDPPPO, j: int) -> int:
+def _check_representative(model: RMDPAlgorithm, j: int) -> int:
     if int(j) != j or not 0 <= j < model.k:
         raise ValueError(
             f"Representative {j}: the model has k={model.k} representatives, 0 <= j < {model.k}."
@@ -50,13 +48,13 @@ def _check_representative(model: RMDPPPO, j: int) -> int:
     return int(j)
 
 
-def served_agents(model: RMDPPPO, j: int) -> np.ndarray:
+def served_agents(model: RMDPAlgorithm, j: int) -> np.ndarray:
     """The agents representative j serves in the deployed (hard) assignment, ``(m,)`` sorted indices."""
     return np.flatnonzero(model.assignment() == _check_representative(model, j))
 
 
 def representative_state_dict(
-    model: RMDPPPO, j: int, agents: Sequence[int] | np.ndarray | None = None
+    model: RMDPAlgorithm, j: int, agents: Sequence[int] | np.ndarray | None = None
 ) -> dict[str, th.Tensor]:
     """State dict of SB3's ``ActorCriticPolicy`` that acts as representative j (CPU tensors).
 
@@ -99,7 +97,7 @@ def representative_state_dict(
 
 
 def export_representative(
-    model: RMDPPPO,
+    model: RMDPAlgorithm,
     j: int,
     path: str | pathlib.Path,
     agents: Sequence[int] | np.ndarray | None = None,
@@ -116,7 +114,7 @@ def export_representative(
     (the learning rate and clip range are frozen at their values where training stopped) and, as with any
     SB3 model, a ``VecNormalize``'s statistics (save those with ``VecNormalize.save``).
 
-    :param model: a trained :class:`~sb3_rmdp.RMDPPPO`.
+    :param model: a trained model (:class:`~sb3_rmdp.RMDPPPO` or another algorithm of the package).
     :param j: the representative, ``0 <= j < k``.
     :param path: where to write; ``.zip`` is added when there is no suffix, as SB3 does. The file is
         written to a temporary file in the same folder and renamed into place.
@@ -128,28 +126,18 @@ def export_representative(
     policy_kwargs = {
         key: value for key, value in model.policy_kwargs.items() if key not in ("k", "n_agents", "critic")
     }
+    base, kwargs = model.export_arguments(progress)
     with warnings.catch_warnings():
         # PPO warns about n_steps * n_envs vs batch_size for its one placeholder env slot.
         warnings.simplefilter("ignore", UserWarning)
-        exported = PPO(
-            ActorCriticPolicy,
+        exported = base(
+            type(model.policy).stock_policy,
             _SpacesEnv(model.observation_space, model.action_space),
             learning_rate=float(model.lr_schedule(progress)),
-            n_steps=model.n_steps,
-            batch_size=model.batch_size,
-            n_epochs=model.n_epochs,
-            gamma=model.gamma,
-            gae_lambda=model.gae_lambda,
-            clip_range=float(model.clip_range(progress)),  # type: ignore[operator]
-            clip_range_vf=None if model.clip_range_vf is None else float(model.clip_range_vf(progress)),  # type: ignore[operator]
-            normalize_advantage=model.normalize_advantage,
-            ent_coef=model.ent_coef,
-            vf_coef=model.vf_coef,
-            max_grad_norm=model.max_grad_norm,
-            target_kl=model.target_kl,
             policy_kwargs=policy_kwargs,
             seed=model.seed,
             device="cpu",
+            **kwargs,
         )
     exported.policy.load_state_dict(state)
     path = with_zip_suffix(path)
@@ -159,7 +147,7 @@ def export_representative(
 
 
 def review_dossier(
-    model: RMDPPPO,
+    model: RMDPAlgorithm,
     j: int,
     env: Any,
     path: str | pathlib.Path,
@@ -175,7 +163,7 @@ def review_dossier(
     of the deployed assignment over all agents (utilitarian, egalitarian, Nash), all from real
     evaluation episodes (:func:`~sb3_rmdp.welfare.evaluate_agent_returns`).
 
-    :param model: a trained :class:`~sb3_rmdp.RMDPPPO`.
+    :param model: a trained model (:class:`~sb3_rmdp.RMDPPPO` or another algorithm of the package).
     :param j: the representative, ``0 <= j < k``.
     :param env: the evaluation env (an env id, an r-MDP env or a VecEnv; see ``evaluate_agent_returns``).
     :param path: the dossier's path; its suffix, if any, is replaced by ``.json`` and ``.md``.

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.core import RMDPAlgorithm
 
 # Representative j is drawn in colour j of matplotlib's "tab10" (cycling beyond 10), in every plot here.
 _COLORMAP = "tab10"
 
 
-def representative_paths(model: RMDPPPO, env: Any, max_steps: int = 1000) -> list[np.ndarray]:
+def representative_paths(model: RMDPAlgorithm, env: Any, max_steps: int = 1000) -> list[np.ndarray]:
     """Deterministic path of every representative on a grid env whose observation starts with (row, col).
 
     :param model: a trained model.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -28,7 +28,19 @@ from stable_baselines3.common.distributions import (
     Distribution,
     MultiCategoricalDistribution,
 )
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import (
+    ActorCriticCnnPolicy,
+    ActorCriticPolicy,
+    BasePolicy,
+    MultiInputActorCriticPolicy,
+)
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+)
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn import functional as F
@@ -160,6 +172,10 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         fewer head parameters, which is what the optimizer pays for at large ``k x n_agents``.
     """
 
+    #: the features extractor unless ``features_extractor_class`` says otherwise
+    default_features_extractor: ClassVar[type[BaseFeaturesExtractor]] = FlattenExtractor
+    #: the stock SB3 policy a representative exports as (:func:`sb3_rmdp.export.export_representative`)
+    stock_policy: ClassVar[type[BasePolicy]] = ActorCriticPolicy
     action_net: nn.Linear
     value_net: nn.Linear
     #: the resolved critic layout, ``"per_representative"`` or ``"conditioned"``
@@ -189,6 +205,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.k = int(k)
         self.n_agents = int(n_agents)
         self.critic_layout = resolve_critic(critic, self.k, self.n_agents)
+        if len(args) < 9:  # features_extractor_class is the 9th of ActorCriticPolicy's after lr_schedule
+            kwargs.setdefault("features_extractor_class", self.default_features_extractor)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     @property
@@ -500,6 +518,103 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return actions, state
 
 
+class MultiRepresentativeCnnPolicy(MultiRepresentativePolicy):
+    """:class:`MultiRepresentativePolicy` on images: SB3's ``NatureCNN`` features extractor, as
+    :class:`~stable_baselines3.common.policies.ActorCriticCnnPolicy` (the ``"CnnPolicy"`` alias).
+
+    Observations are ``uint8`` images in ``[0, 255]``, channel-first ``(C, H, W)``; SB3 transposes a
+    channel-last env (``VecTransposeImage``) on its own.
+    """
+
+    default_features_extractor = NatureCNN
+    stock_policy = ActorCriticCnnPolicy
+
+
+class MultiRepresentativeMultiInputPolicy(MultiRepresentativePolicy):
+    """:class:`MultiRepresentativePolicy` on ``Dict`` observations: SB3's ``CombinedExtractor`` (a CNN per
+    image key, a flatten per vector key, concatenated), as
+    :class:`~stable_baselines3.common.policies.MultiInputActorCriticPolicy` (the ``"MultiInputPolicy"``
+    alias)."""
+
+    default_features_extractor = CombinedExtractor
+    stock_policy = MultiInputActorCriticPolicy
+
+
+def check_policy_fits(
+    policy_class: type[MultiRepresentativePolicy],
+    observation_space: spaces.Space,
+    policy_kwargs: dict[str, Any],
+    aliases: dict[str, type[BasePolicy]],
+) -> None:
+    """Fail before building anything when the policy's features extractor cannot read the observations.
+
+    :param aliases: the algorithm's ``policy_aliases`` (named in the errors).
+    :raises ValueError: for a ``Dict`` space with an extractor of arrays, an array space with
+        ``CombinedExtractor``, or ``NatureCNN`` on observations that are not images, naming the alias
+        (or the keyword argument) to use.
+    """
+    by_extractor = {
+        cls.default_features_extractor: alias
+        for alias, cls in aliases.items()
+        if isinstance(cls, type) and issubclass(cls, MultiRepresentativePolicy)
+    }
+    extractor = policy_kwargs.get("features_extractor_class", policy_class.default_features_extractor)
+    dict_alias = by_extractor.get(CombinedExtractor, "MultiInputPolicy")
+    plain_alias = by_extractor.get(FlattenExtractor, "MlpPolicy")
+    image_alias = by_extractor.get(NatureCNN, "CnnPolicy")
+    described = f"{policy_class.__name__} (features extractor {extractor.__name__})"
+    if isinstance(observation_space, spaces.Dict):
+        if extractor in (FlattenExtractor, NatureCNN):
+            raise ValueError(
+                f"The observations are a Dict space (keys {list(observation_space.spaces)}), which "
+                f"{described} cannot read: pass the policy {dict_alias!r} (SB3's CombinedExtractor, one "
+                "extractor per key), or a features_extractor_class that takes a dict of tensors."
+            )
+        return
+    if extractor is CombinedExtractor:
+        raise ValueError(
+            f"{described} reads Dict observations, but these are {observation_space}: pass the policy "
+            f"{plain_alias!r} (or {image_alias!r} for images)."
+        )
+    if extractor is NatureCNN:
+        normalized = bool(policy_kwargs.get("features_extractor_kwargs", {}).get("normalized_image", False))
+        if not (isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3):
+            raise ValueError(
+                f"{described} reads images, a Box of shape (C, H, W), but these observations are "
+                f"{observation_space}: pass the policy {plain_alias!r} for vectors."
+            )
+        if not is_image_space(observation_space, normalized_image=normalized):
+            raise ValueError(
+                f"{described} reads uint8 images in [0, 255], but these are {observation_space}: for float "
+                "images already in [0, 1] pass policy_kwargs=dict(normalize_images=False, "
+                "features_extractor_kwargs=dict(normalized_image=True)); otherwise make the env return uint8 "
+                "images."
+            )
+
+
+def check_image_layout(observation_space: spaces.Space) -> None:
+    """Fail on an image whose channel axis is neither first nor last (SB3 would read it wrongly).
+
+    SB3 takes the smallest axis of an image for its channels and transposes a channel-last image
+    (``VecTransposeImage``); an image whose smallest axis is the middle one is neither layout.
+
+    :raises ValueError: naming the axes and the wrapper that fixes them.
+    """
+    subspaces = (
+        observation_space.spaces if isinstance(observation_space, spaces.Dict) else {"": observation_space}
+    )
+    for key, space in subspaces.items():
+        if is_image_space(space) and int(np.argmin(space.shape or ())) == 1:
+            where = f"The image observations{f' under key {key!r}' if key else ''}"
+            raise ValueError(
+                f"{where} have shape {space.shape}: their smallest axis, taken for the channels, is the "
+                "middle one, so they are neither channel-first (C, H, W) nor channel-last (H, W, C). "
+                "Transpose them in the env (e.g. gymnasium.wrappers.TransformObservation with "
+                "np.transpose, or your own ObservationWrapper) to (C, H, W) or (H, W, C); SB3 turns "
+                "(H, W, C) into (C, H, W) itself (VecTransposeImage)."
+            )
+
+
 def _length_error(got: int, batch_size: int) -> str:
     return (
         f"Got {got} representative indices for a batch of {batch_size} observations: "
@@ -508,3 +623,5 @@ def _length_error(got: int, batch_size: int) -> str:
 
 
 MlpPolicy = MultiRepresentativePolicy
+CnnPolicy = MultiRepresentativeCnnPolicy
+MultiInputPolicy = MultiRepresentativeMultiInputPolicy

@@ -8,6 +8,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -15,7 +16,11 @@ from torch.nn import functional as F
 
 from sb3_rmdp.assigners import Assigner
 from sb3_rmdp.core import RETURN_SCALE_LIMIT, RMDPAlgorithm, normalize_per_representative
-from sb3_rmdp.policies import MultiRepresentativePolicy
+from sb3_rmdp.policies import (
+    MultiRepresentativeCnnPolicy,
+    MultiRepresentativeMultiInputPolicy,
+    MultiRepresentativePolicy,
+)
 
 __all__ = ["RETURN_SCALE_LIMIT", "RMDPPPO", "normalize_per_representative"]
 
@@ -66,7 +71,11 @@ class RMDPPPO(RMDPAlgorithm, PPO):
     """
 
     algorithm_name: ClassVar[str] = "RMDPPPO"
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": MultiRepresentativePolicy}
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MultiRepresentativePolicy,
+        "CnnPolicy": MultiRepresentativeCnnPolicy,
+        "MultiInputPolicy": MultiRepresentativeMultiInputPolicy,
+    }
 
     def __init__(
         self,
@@ -134,6 +143,10 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         )
         if _init_setup_model:
             self._setup_model()
+
+    def export_arguments(self, progress: float) -> tuple[type[BaseAlgorithm], dict[str, Any]]:
+        """:class:`~stable_baselines3.PPO` and this model's arguments, schedules frozen at ``progress``."""
+        return PPO, ppo_arguments(self, progress)
 
     def train(self) -> None:
         """SB3's PPO update, with marginal advantages and a per-agent value loss.
@@ -252,3 +265,22 @@ class RMDPPPO(RMDPAlgorithm, PPO):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def ppo_arguments(model: Any, progress: float) -> dict[str, Any]:
+    """The constructor arguments the PPO family (PPO, MaskablePPO, RecurrentPPO) shares, read from
+    ``model``, with the clip ranges frozen at ``progress``."""
+    return {
+        "n_steps": model.n_steps,
+        "batch_size": model.batch_size,
+        "n_epochs": model.n_epochs,
+        "gamma": model.gamma,
+        "gae_lambda": model.gae_lambda,
+        "clip_range": float(model.clip_range(progress)),
+        "clip_range_vf": None if model.clip_range_vf is None else float(model.clip_range_vf(progress)),
+        "normalize_advantage": model.normalize_advantage,
+        "ent_coef": model.ent_coef,
+        "vf_coef": model.vf_coef,
+        "max_grad_norm": model.max_grad_norm,
+        "target_kl": model.target_kl,
+    }

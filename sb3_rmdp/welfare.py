@@ -14,7 +14,7 @@ import numpy as np
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 
 if TYPE_CHECKING:
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.core import RMDPAlgorithm
 
 
 def _as_weights(assignment: np.ndarray, n_agents: int, k: int) -> np.ndarray:
@@ -72,14 +72,14 @@ def best_assignment(table: np.ndarray) -> np.ndarray:
 
 
 def evaluate_agent_returns(
-    model: RMDPPPO,
+    model: RMDPAlgorithm,
     env: Any,
     n_episodes: int = 1,
     deterministic: bool = True,
 ) -> np.ndarray:
     """Run real evaluation episodes of every representative and average every agent's return.
 
-    :param model: a trained :class:`~sb3_rmdp.RMDPPPO`.
+    :param model: a trained model (:class:`~sb3_rmdp.RMDPPPO` or another algorithm of the package).
     :param env: an env id, an r-MDP gymnasium env or a VecEnv built by
         :func:`~sb3_rmdp.envs.make_rmdp_vec_env` (use the training VecNormalize statistics if any).
     :param n_episodes: episodes per representative, spread over the VecEnv's slots as SB3's
@@ -99,7 +99,7 @@ def evaluate_agent_returns(
 
 
 def _mean_episode_return(
-    model: RMDPPPO, vec_env: Any, representative: int, n_episodes: int, deterministic: bool
+    model: RMDPAlgorithm, vec_env: Any, representative: int, n_episodes: int, deterministic: bool
 ) -> np.ndarray:
     n_envs = vec_env.num_envs
     targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])

@@ -79,3 +79,70 @@ class LogRecorder(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class ImageWalk(gym.Env):
+    """A scalar-reward image task: a lit column on a ``(1, size, size)`` uint8 image (or ``(size, size, 1)``
+    with ``channel_last``) walks left or right; the reward is ``-|column - target| / size``.
+
+    Deterministic (the start column comes from ``reset``'s seed), 20 steps, truncated.
+
+    :param discrete: ``Discrete(3)`` actions (left, stay, right), else ``Box(-1, 1, (1,))``.
+    """
+
+    def __init__(self, discrete: bool = True, size: int = 36, target: int = 30, channel_last: bool = False):
+        self.size, self.target = size, target
+        shape = (size, size, 1) if channel_last else (1, size, size)
+        self.observation_space = spaces.Box(0, 255, shape=shape, dtype=np.uint8)
+        self.action_space = spaces.Discrete(3) if discrete else spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self.channel_last = channel_last
+        self.column, self.steps = 0, 0
+
+    def _obs(self) -> np.ndarray:
+        image = np.zeros((self.size, self.size), dtype=np.uint8)
+        image[:, self.column] = 255
+        return image[:, :, None] if self.channel_last else image[None]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.column, self.steps = int(self.np_random.integers(self.size)), 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if isinstance(self.action_space, spaces.Discrete):
+            move = int(action) - 1
+        else:
+            move = int(np.round(2 * float(np.asarray(action).reshape(-1)[0])))
+        self.column = int(np.clip(self.column + move, 0, self.size - 1))
+        self.steps += 1
+        reward = -abs(self.column - self.target) / self.size
+        return self._obs(), reward, False, self.steps >= 20, {}
+
+
+class DictObservation(gym.ObservationWrapper):
+    """``{"state": obs, "profile": a constant (2,) vector}``: a Dict observation space over any Box task."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = spaces.Dict(
+            {"state": env.observation_space, "profile": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)}
+        )
+
+    def observation(self, observation: Any) -> dict[str, np.ndarray]:
+        return {"state": observation, "profile": np.array([0.5, -0.5], dtype=np.float32)}
+
+
+def assert_same_training(reference: Any, ours: Any) -> None:
+    """The parameters and the optimizer state of ``ours`` equal ``reference``'s bit for bit (same names)."""
+    expected = dict(reference.policy.named_parameters())
+    got = dict(ours.policy.named_parameters())
+    assert sorted(expected) == sorted(got)
+    for name, parameter in expected.items():
+        assert th.equal(parameter.detach().flatten(), got[name].detach().flatten()), name
+    # The optimizer moments too: the next update would be identical as well.
+    for p_ref, p_ours in zip(reference.policy.parameters(), ours.policy.parameters(), strict=True):
+        s_ref, s_ours = reference.policy.optimizer.state[p_ref], ours.policy.optimizer.state[p_ours]
+        assert sorted(s_ref) == sorted(s_ours)
+        for key, value in s_ref.items():
+            assert th.equal(th.as_tensor(value).flatten(), th.as_tensor(s_ours[key]).flatten()), key
+    assert ours.num_timesteps == reference.num_timesteps
