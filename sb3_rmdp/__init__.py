@@ -6,6 +6,7 @@ social welfare. ``RMDPPPO("MlpPolicy", env, k=5).learn(2e6)`` trains the k polic
 """
 
 from sb3_rmdp import envs  # registers the built-in environments
+from sb3_rmdp.a2c import RMDPA2C
 from sb3_rmdp.assigners import (
     Assigner,
     CoverageAssigner,
@@ -31,6 +32,7 @@ from sb3_rmdp.welfare import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "RMDPA2C",
     "RMDPPPO",
     "Assigner",
     "CoverageAssigner",
