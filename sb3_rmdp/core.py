@@ -575,12 +575,28 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             self.rollout_buffer.fix_assignment(alpha, normalize=self.normalize_advantage)
         self.rollout_buffer.samples_old_values = samples_old_values
 
-    def marginal_advantages(self, advantages: th.Tensor, representatives: th.Tensor) -> th.Tensor:
+    def _evaluate_minibatch(
+        self, rollout_data: Any, actions: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """Values ``(batch, n_agents)``, log-probabilities and entropies ``(batch,)`` of a minibatch's
+        actions under their representatives (the base's extras, e.g. action masks, added here)."""
+        return self.policy.evaluate_actions(
+            rollout_data.observations, actions, representatives=rollout_data.representatives
+        )
+
+    def _valid_samples(self, rollout_data: Any) -> th.Tensor | None:
+        """``(batch,)`` bool: the samples of a minibatch that count (``None``: all; padding does not)."""
+        return None
+
+    def marginal_advantages(
+        self, advantages: th.Tensor, representatives: th.Tensor, valid: th.Tensor | None = None
+    ) -> th.Tensor:
         """``sum_i alpha[i, j_b] A^{i j_b}_b`` for each sample b, normalized per representative.
 
         :param advantages: ``(batch, n_agents)`` per-agent advantages, or ``(batch,)`` marginal advantages
             the buffer formed for a fixed assignment (then only normalized here).
         :param representatives: ``(batch,)`` long, each sample's representative ``j_b``.
+        :param valid: ``(batch,)`` bool, the samples to normalize over (padded ones get 0), or ``None``.
         :return: ``(batch,)``; differentiable w.r.t. the assignment when the assigner learns it.
         """
         if advantages.ndim == 1:
@@ -592,6 +608,17 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             if not self._learns_assignment():
                 alpha = alpha.detach()
             marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
+        if valid is not None:
+            if not self.normalize_advantage:
+                return marginal
+            if self.k == 1:  # sb3-contrib's RecurrentPPO
+                return (marginal - marginal[valid].mean()) / (marginal[valid].std() + 1e-8)
+            index = valid.nonzero().squeeze(1)
+            differentiate = getattr(self.assigner, "gradient_statistics", "mean")
+            normalized = normalize_per_representative(
+                marginal[index], representatives[index], self.k, differentiate
+            )
+            return th.zeros_like(marginal).index_copy(0, index, normalized)
         if self.normalize_advantage and len(marginal) > 1:
             if self.k == 1:
                 marginal = (marginal - marginal.mean()) / (marginal.std() + 1e-8)

@@ -149,104 +149,8 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         return PPO, ppo_arguments(self, progress)
 
     def train(self) -> None:
-        """SB3's PPO update, with marginal advantages and a per-agent value loss.
-
-        The assigner's own optimizer (if any) steps in the same backward pass as the policy's. A fixed
-        assignment's marginal advantages are formed once per update by the buffer.
-        """
-        # PPO reads the old values only to clip the value function: skip their (batch, n_agents) gather
-        self._prepare_update(samples_old_values=self.clip_range_vf is not None)
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        if self.clip_range_vf is not None:
-            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
-
-        # listed once: walking the module tree for every minibatch's gradient clipping costs 30-40 us
-        parameters = list(self.policy.parameters())
-        entropy_losses = []
-        pg_losses, value_losses = [], []
-        clip_fractions = []
-
-        continue_training = True
-        for epoch in range(self.n_epochs):
-            approx_kl_divs = []
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
-                actions = rollout_data.actions
-                if isinstance(self.action_space, spaces.Discrete):
-                    actions = rollout_data.actions.long().flatten()
-                representatives = rollout_data.representatives
-
-                values, log_prob, entropy = self.policy.evaluate_actions(
-                    rollout_data.observations, actions, representatives=representatives
-                )
-                advantages = self.marginal_advantages(rollout_data.advantages, representatives.index)
-
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
-                policy_loss_1 = advantages * ratio
-                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
-
-                pg_losses.append(policy_loss.item())
-                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
-                clip_fractions.append(clip_fraction)
-
-                if self.clip_range_vf is None:
-                    values_pred = values
-                else:
-                    old_values = rollout_data.old_values
-                    assert old_values is not None  # the buffer samples them when clip_range_vf is set
-                    values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-                # Per-agent critic of the collecting representative: MSE over all agents (paper eq. 8).
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                value_losses.append(value_loss.item())
-
-                if entropy is None:
-                    entropy_loss = -th.mean(-log_prob)
-                else:
-                    entropy_loss = -th.mean(entropy)
-                entropy_losses.append(entropy_loss.item())
-
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-
-                with th.no_grad():
-                    log_ratio = log_prob - rollout_data.old_log_prob
-                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
-                    approx_kl_divs.append(approx_kl_div)
-
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
-                    break
-
-                self.policy.optimizer.zero_grad()
-                self.assigner.zero_grad()
-                loss.backward()
-                th.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
-                self.policy.optimizer.step()
-                self.assigner.step()
-
-            self._n_updates += 1
-            if not continue_training:
-                break
-
-        self.rollout_buffer.samples_old_values = True  # SB3's full samples for anyone else
-        explained_var = self.rollout_buffer.explained_variance()
-
-        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
-        self.logger.record("train/value_loss", np.mean(value_losses))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
-        self.logger.record("train/loss", loss.item())
-        self.logger.record("train/explained_variance", explained_var)
-        if hasattr(self.policy, "log_std"):
-            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/clip_range", clip_range)
-        if self.clip_range_vf is not None:
-            self.logger.record("train/clip_range_vf", clip_range_vf)
+        """SB3's PPO update, with marginal advantages and a per-agent value loss (:func:`ppo_update`)."""
+        ppo_update(self)
 
     def learn(
         self: SelfRMDPPPO,
@@ -265,6 +169,121 @@ class RMDPPPO(RMDPAlgorithm, PPO):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def ppo_update(model: Any) -> None:
+    """SB3's PPO update (clipped surrogate, value clipping, target KL, entropy, grad clipping), with
+    marginal advantages and a per-agent value loss; the one update of RMDPPPO, RMDPMaskablePPO and
+    RMDPRecurrentPPO.
+
+    Each minibatch is scored by ``model._evaluate_minibatch`` (the base's own extras: action masks, LSTM
+    states); ``model._valid_samples`` marks the samples that count (RecurrentPPO pads sequences; the
+    means then run over the valid ones, as sb3-contrib's). The assigner's own optimizer (if any) steps
+    in the same backward pass as the policy's. A fixed assignment's marginal advantages are formed once
+    per update by the buffer.
+
+    :param model: an :class:`~sb3_rmdp.core.RMDPAlgorithm` of the PPO family.
+    """
+    # PPO reads the old values only to clip the value function: skip their (batch, n_agents) gather
+    model._prepare_update(samples_old_values=model.clip_range_vf is not None)
+    model.policy.set_training_mode(True)
+    model._update_learning_rate(model.policy.optimizer)
+    clip_range = model.clip_range(model._current_progress_remaining)
+    if model.clip_range_vf is not None:
+        clip_range_vf = model.clip_range_vf(model._current_progress_remaining)
+
+    # listed once: walking the module tree for every minibatch's gradient clipping costs 30-40 us
+    parameters = list(model.policy.parameters())
+    entropy_losses = []
+    pg_losses, value_losses = [], []
+    clip_fractions = []
+
+    continue_training = True
+    for epoch in range(model.n_epochs):
+        approx_kl_divs = []
+        for rollout_data in model.rollout_buffer.get(model.batch_size):
+            actions = rollout_data.actions
+            if isinstance(model.action_space, spaces.Discrete):
+                actions = rollout_data.actions.long().flatten()
+            representatives = rollout_data.representatives
+
+            values, log_prob, entropy = model._evaluate_minibatch(rollout_data, actions)
+            valid = model._valid_samples(rollout_data)
+            advantages = model.marginal_advantages(rollout_data.advantages, representatives.index, valid)
+
+            ratio = th.exp(log_prob - rollout_data.old_log_prob)
+            policy_loss_1 = advantages * ratio
+            policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+            policy_loss = -_mean(th.min(policy_loss_1, policy_loss_2), valid)
+
+            pg_losses.append(policy_loss.item())
+            clip_fraction = _mean((th.abs(ratio - 1) > clip_range).float(), valid).item()
+            clip_fractions.append(clip_fraction)
+
+            if model.clip_range_vf is None:
+                values_pred = values
+            else:
+                old_values = rollout_data.old_values
+                assert old_values is not None  # the buffer samples them when clip_range_vf is set
+                values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+            # Per-agent critic of the collecting representative: MSE over all agents (paper eq. 8).
+            if valid is None:
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+            else:
+                value_loss = th.mean(((rollout_data.returns - values_pred) ** 2)[valid])
+            value_losses.append(value_loss.item())
+
+            if entropy is None:
+                entropy_loss = -_mean(-log_prob, valid)
+            else:
+                entropy_loss = -_mean(entropy, valid)
+            entropy_losses.append(entropy_loss.item())
+
+            loss = policy_loss + model.ent_coef * entropy_loss + model.vf_coef * value_loss
+
+            with th.no_grad():
+                log_ratio = log_prob - rollout_data.old_log_prob
+                approx_kl_div = _mean((th.exp(log_ratio) - 1) - log_ratio, valid).cpu().numpy()
+                approx_kl_divs.append(approx_kl_div)
+
+            if model.target_kl is not None and approx_kl_div > 1.5 * model.target_kl:
+                continue_training = False
+                if model.verbose >= 1:
+                    print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                break
+
+            model.policy.optimizer.zero_grad()
+            model.assigner.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(parameters, model.max_grad_norm)
+            model.policy.optimizer.step()
+            model.assigner.step()
+
+        model._n_updates += 1
+        if not continue_training:
+            break
+
+    model.rollout_buffer.samples_old_values = True  # SB3's full samples for anyone else
+    explained_var = model.rollout_buffer.explained_variance()
+
+    model.logger.record("train/entropy_loss", np.mean(entropy_losses))
+    model.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+    model.logger.record("train/value_loss", np.mean(value_losses))
+    model.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+    model.logger.record("train/clip_fraction", np.mean(clip_fractions))
+    model.logger.record("train/loss", loss.item())
+    model.logger.record("train/explained_variance", explained_var)
+    if hasattr(model.policy, "log_std"):
+        model.logger.record("train/std", th.exp(model.policy.log_std).mean().item())
+    model.logger.record("train/n_updates", model._n_updates, exclude="tensorboard")
+    model.logger.record("train/clip_range", clip_range)
+    if model.clip_range_vf is not None:
+        model.logger.record("train/clip_range_vf", clip_range_vf)
+
+
+def _mean(values: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
+    """The mean of ``values`` ``(batch,)``, over the ``valid`` samples only when given."""
+    return th.mean(values) if valid is None else th.mean(values[valid])
 
 
 def ppo_arguments(model: Any, progress: float) -> dict[str, Any]:
