@@ -5,8 +5,11 @@ representatives, each running one policy; agents are assigned to representatives
 social welfare. ``RMDPPPO("MlpPolicy", env, k=5).learn(2e6)`` trains the k policies and the assignment.
 """
 
+from typing import Any
+
 from sb3_rmdp import envs  # registers the built-in environments
 from sb3_rmdp.a2c import RMDPA2C
+from sb3_rmdp.algorithms import ALGORITHMS, algorithm_class, load_model
 from sb3_rmdp.assigners import (
     Assigner,
     CoverageAssigner,
@@ -31,7 +34,16 @@ from sb3_rmdp.welfare import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # The sb3-contrib algorithms are imported on first use: sb3-contrib is an extra ("contrib").
+    if name in ("RMDPMaskablePPO", "RMDPRecurrentPPO"):
+        return algorithm_class(name)
+    raise AttributeError(f"module 'sb3_rmdp' has no attribute {name!r}")
+
+
 __all__ = [
+    "ALGORITHMS",
     "RMDPA2C",
     "RMDPPPO",
     "Assigner",
@@ -43,14 +55,18 @@ __all__ = [
     "MlpPolicy",
     "MultiRepresentativePolicy",
     "OracleAssigner",
+    "RMDPMaskablePPO",
+    "RMDPRecurrentPPO",
     "RMDPRolloutBuffer",
     "RandomAssigner",
     "__version__",
+    "algorithm_class",
     "best_assignment",
     "egalitarian_welfare",
     "envs",
     "evaluate_agent_returns",
     "export_representative",
+    "load_model",
     "nash_welfare",
     "review_dossier",
     "utilitarian_welfare",

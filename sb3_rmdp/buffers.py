@@ -62,6 +62,8 @@ class RMDPRolloutBufferSamples(NamedTuple):
     advantages: th.Tensor
     returns: th.Tensor
     representatives: RepresentativeGroups
+    #: ``(B, mask_dims)`` the action masks of the samples (masked buffers only)
+    action_masks: th.Tensor | None = None
 
 
 class RMDPRolloutBuffer(RolloutBuffer):
@@ -310,9 +312,14 @@ class RMDPRolloutBuffer(RolloutBuffer):
             order=None,
             counts=counts.tolist(),
         )
-        return RMDPRolloutBufferSamples(
+        minibatch = RMDPRolloutBufferSamples(
             observations, actions, old_values, old_log_prob, advantages, returns, representatives
         )
+        return self._with_extras(minibatch, rows)
+
+    def _with_extras(self, samples: RMDPRolloutBufferSamples, rows: np.ndarray) -> RMDPRolloutBufferSamples:
+        """``samples`` with what a subclass stores besides SB3's fields (e.g. action masks) of ``rows``."""
+        return samples
 
 
 class RMDPDictRolloutBuffer(RMDPRolloutBuffer):

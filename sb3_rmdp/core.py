@@ -145,6 +145,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
     algorithm_name: ClassVar[str] = "RMDPAlgorithm"
     #: the policy class every policy of this algorithm subclasses
     policy_base: ClassVar[type[MultiRepresentativePolicy]] = MultiRepresentativePolicy
+    #: whether the algorithm applies the envs' ``action_masks()`` (RMDPMaskablePPO)
+    uses_action_masks: ClassVar[bool] = False
     # set once the return-scale warning was given (a class default: files saved before it lack it)
     _warned_return_scale: bool = False
     k: int
@@ -203,6 +205,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             )
         self.agent_params = vec_env_agent_params(vec_env)
         check_image_layout(vec_env.observation_space)
+        if vec_env.has_attr("action_masks") != self.uses_action_masks:
+            raise ValueError(_masks_message(name, self.uses_action_masks))
         return vec_env
 
     @staticmethod
@@ -227,8 +231,9 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         self.policy_kwargs = {"critic": "per_representative", **self.policy_kwargs}
         self.policy_kwargs.update(k=self.k, n_agents=self.n_agents)
         if self.rollout_buffer_class is None:
-            dict_obs = isinstance(self.observation_space, spaces.Dict)
-            self.rollout_buffer_class = RMDPDictRolloutBuffer if dict_obs else RMDPRolloutBuffer
+            self.rollout_buffer_class = self._default_buffer_class(
+                isinstance(self.observation_space, spaces.Dict)
+            )
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "n_agents": self.n_agents, "k": self.k}
         self._setup_base_model()
         # Saved with the model: a load rebuilds this layout whatever "auto" resolves to by then.
@@ -241,6 +246,10 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             self.n_agents,
         ):
             self._reset_episode_tracking()
+
+    def _default_buffer_class(self, dict_observations: bool) -> type[RMDPRolloutBuffer]:
+        """The rollout buffer unless ``rollout_buffer_class`` says otherwise."""
+        return RMDPDictRolloutBuffer if dict_observations else RMDPRolloutBuffer
 
     def _setup_base_model(self) -> None:
         """The base algorithm's ``_setup_model`` (the policy, the buffer, the schedules)."""
@@ -429,6 +438,19 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         return self.policy.predict(
             observation, state, episode_start, deterministic, representative=representative
         )
+
+    def predict_in_env(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        env: Any,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        representative: int | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """:meth:`predict` for observations of ``env``, with what the algorithm reads from it besides
+        (RMDPMaskablePPO: its action masks). Evaluation loops call this."""
+        return self.predict(observation, state, episode_start, deterministic, representative)
 
     # ------------------------------------------------------------------ rollouts
     def _rollout_step(
@@ -669,6 +691,22 @@ def _check_device(device: th.device | str) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _masks_message(algorithm: str, uses_masks: bool) -> str:
+    if uses_masks:
+        return (
+            f"The env does not say which actions are valid: {algorithm} reads an action_masks() method "
+            "returning one boolean per action (True: valid). Add it to the env, or wrap each env before "
+            "vectorizing: make_rmdp_vec_env(lambda: ActionMasker(MyEnv(), mask_fn)) with "
+            "sb3_contrib.common.wrappers.ActionMasker; for an env without masks use RMDPPPO."
+        )
+    return (
+        f"The env has action masks (an action_masks() method), which {algorithm} would ignore, taking "
+        "invalid actions: train it with RMDPMaskablePPO (from sb3_rmdp, the 'contrib' extra), which "
+        "applies them on every representative's head; or remove the method (or the ActionMasker wrapper) "
+        "to train without masks."
+    )
 
 
 def _slots_error(n_envs: int, k: int) -> str:

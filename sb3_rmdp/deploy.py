@@ -18,6 +18,7 @@ import numpy as np
 
 from sb3_rmdp.committee.cover import CoverResult, linf_distances
 from sb3_rmdp.envs.contract import n_agents_of
+from sb3_rmdp.welfare import act
 
 if TYPE_CHECKING:
     from sb3_rmdp.core import RMDPAlgorithm
@@ -120,9 +121,11 @@ def _episode_return(
     """Undiscounted return of one episode of ``representative`` in a one-agent r-MDP."""
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
+    state, episode_start = None, np.ones(1, dtype=bool)
     while not done:
-        action, _ = model.predict(obs, deterministic=deterministic, representative=representative)
+        action, state = act(model, obs, env, state, episode_start, deterministic, representative)
         obs, reward, terminated, truncated, _ = env.step(action)
+        episode_start = np.zeros(1, dtype=bool)
         total += float(np.asarray(reward, dtype=np.float64).reshape(-1)[0])
         done = bool(terminated or truncated)
     return total

@@ -502,6 +502,17 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         representative: RepresentativesLike = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """SB3's ``predict`` for one representative (an int) or one per observation (``(n_envs,)``)."""
+        return self._predict_numpy(observation, state, deterministic, representative)
+
+    def _predict_numpy(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: Any,
+        deterministic: bool,
+        representative: RepresentativesLike,
+        **extras: Any,
+    ) -> tuple[np.ndarray, Any]:
+        """``predict``'s body: ``extras`` (e.g. action masks) go to :meth:`_predict`."""
         self.set_training_mode(False)
         obs_tensor, vectorized_env = self.obs_to_tensor(observation)
         batch_size = (
@@ -509,7 +520,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         )
         index = self.as_representatives(representative, batch_size)
         with th.no_grad():
-            actions_tensor = self._predict(obs_tensor, deterministic=deterministic, representatives=index)
+            actions_tensor = self._predict(
+                obs_tensor, deterministic=deterministic, representatives=index, **extras
+            )
         actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc, arg-type]
         if isinstance(self.action_space, spaces.Box):
             actions = np.clip(actions, self.action_space.low, self.action_space.high)

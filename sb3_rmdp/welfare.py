@@ -98,6 +98,27 @@ def evaluate_agent_returns(
     return table
 
 
+def act(
+    model: Any,
+    obs: Any,
+    env: Any,
+    state: Any,
+    episode_start: np.ndarray,
+    deterministic: bool,
+    representative: int,
+) -> tuple[np.ndarray, Any]:
+    """One action (and the next recurrent state) of ``representative`` for observations of ``env``.
+
+    The model's ``predict_in_env`` where it has one (it reads what the algorithm needs from the env
+    besides the observations, e.g. action masks), else its ``predict(obs, deterministic=,
+    representative=)`` (any object with ``k`` and that method serves as a committee).
+    """
+    predict_in_env = getattr(model, "predict_in_env", None)
+    if predict_in_env is not None:
+        return predict_in_env(obs, env, state, episode_start, deterministic, representative)
+    return model.predict(obs, deterministic=deterministic, representative=representative)
+
+
 def _mean_episode_return(
     model: RMDPAlgorithm, vec_env: Any, representative: int, n_episodes: int, deterministic: bool
 ) -> np.ndarray:
@@ -107,9 +128,12 @@ def _mean_episode_return(
     running = np.zeros((n_envs, model.n_agents))
     total = np.zeros(model.n_agents)
     obs = vec_env.reset()
+    # `state` and `episode_start` as in SB3's evaluate_policy: recurrent policies carry their memory
+    state, episode_start = None, np.ones(n_envs, dtype=bool)
     while np.any(counts < targets):
-        actions, _ = model.predict(obs, deterministic=deterministic, representative=representative)
+        actions, state = act(model, obs, vec_env, state, episode_start, deterministic, representative)
         obs, _, dones, infos = vec_env.step(actions)
+        episode_start = dones
         running += np.stack([info[AGENT_REWARDS_KEY] for info in infos])
         for e in np.flatnonzero(dones):
             if counts[e] < targets[e]:
