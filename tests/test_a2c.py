@@ -34,7 +34,9 @@ def test_every_assigner_trains_saves_and_resumes(assigner: str, tmp_path: Path) 
     env = make_rmdp_vec_env(make_scaled, n_envs=2)
     model = RMDPA2C("MlpPolicy", env, k=2, assigner=make_assigner(assigner), n_steps=8, seed=0)
     model.learn(400)
-    assert np.bincount(model.assignment(), minlength=2).min() >= 1
+    assert set(model.assignment()) <= {0, 1} and len(model.assignment()) == 3
+    if assigner in ("em", "random", "kmeans"):  # these never leave a representative without agents
+        assert np.bincount(model.assignment(), minlength=2).min() >= 1
     model.save(tmp_path / "a2c.zip")
     loaded = RMDPA2C.load(tmp_path / "a2c.zip", env=model.get_env(), force_reset=False)
     np.testing.assert_array_equal(loaded.assignment(), model.assignment())

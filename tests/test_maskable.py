@@ -53,7 +53,9 @@ def test_every_assigner_trains_on_valid_actions_only(assigner: str, tmp_path: Pa
     env = make_rmdp_vec_env(_masked_rmdp, n_envs=2)
     model = RMDPMaskablePPO("MlpPolicy", env, k=2, assigner=make_assigner(assigner), **SMALL)
     model.learn(3 * 128, callback=_CheckMasks())
-    assert np.bincount(model.assignment(), minlength=2).min() >= 1
+    assert set(model.assignment()) <= {0, 1} and len(model.assignment()) == 3
+    if assigner in ("em", "random", "kmeans"):  # these never leave a representative without agents
+        assert np.bincount(model.assignment(), minlength=2).min() >= 1
     model.save(tmp_path / "masked.zip")
     loaded = RMDPMaskablePPO.load(tmp_path / "masked.zip", env=model.get_env(), force_reset=False)
     loaded.learn(128, reset_num_timesteps=False, callback=_CheckMasks())
