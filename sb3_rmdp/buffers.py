@@ -16,7 +16,8 @@ from sb3_rmdp.policies import RepresentativeGroups
 
 
 def slot_representatives(n_envs: int, k: int) -> np.ndarray:
-    """The representative driving each env slot for the whole run: slot ``e`` -> ``e % k``.
+    """The representative driving each env slot at the start: slot ``e`` -> ``e % k`` (for the whole run
+    when ``n_envs`` is a multiple of k; otherwise representatives rotate over the slots at episode ends).
 
     :return: ``(n_envs,)`` int64.
     """
@@ -71,7 +72,8 @@ class RMDPRolloutBuffer(RolloutBuffer):
 
     GAE runs per agent, vectorized over agents, with exactly SB3's arithmetic (with ``n_agents=1`` it
     equals :meth:`RolloutBuffer.compute_returns_and_advantage` bit for bit). Slot ``e`` is driven by
-    representative ``e % k``; each sample carries that index. The buffer stores **per-agent**
+    representative ``e % k`` (or by the representatives that rotate over it); each sample carries its
+    representative. The buffer stores **per-agent**
     advantages; the marginal advantages ``sum_i alpha[i, j] A^{ij}`` are formed for each update, after
     the assigner ran at rollout end: once for the whole buffer when the assignment is fixed during the
     update (:meth:`fix_assignment`), else by ``RMDPPPO.train`` per minibatch (a learned assignment).
@@ -135,8 +137,23 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self._alpha = None
         self.normalizes_marginals = False
         self.marginal_advantages = None
-        # Samples are numbered env-major as in SB3's `swap_and_flatten`: sample e * n_steps + t is slot e.
-        self.sample_representatives = np.repeat(self.slot_representatives, self.buffer_size)
+        #: ``(n_steps, n_envs)`` the representative that acted at each step of each slot
+        self.step_representatives = np.empty((self.buffer_size, self.n_envs), dtype=np.int64)
+        self.step_representatives[:] = self.slot_representatives
+        self._sample_representatives: np.ndarray | None = None
+
+    @property
+    def sample_representatives(self) -> np.ndarray:
+        """``(n_steps * n_envs,)`` each sample's representative, numbered env-major as in SB3's
+        ``swap_and_flatten`` (sample ``e * n_steps + t`` is step t of slot e)."""
+        if self._sample_representatives is None:
+            self._sample_representatives = self.step_representatives.T.reshape(-1).copy()
+        return self._sample_representatives
+
+    @property
+    def slots_keep_their_representatives(self) -> bool:
+        """Whether every slot was acted by one representative for the whole rollout."""
+        return bool(np.all(self.step_representatives == self.step_representatives[:1]))
 
     def _reset_sb3_arrays(self) -> None:
         """SB3's ``reset``: the observation, action, start and log-probability arrays, position 0."""
@@ -159,6 +176,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
         episode_start: np.ndarray,
         value: th.Tensor,
         log_prob: th.Tensor,
+        representatives: np.ndarray | None = None,
     ) -> None:
         """Store one step of all slots.
 
@@ -166,7 +184,12 @@ class RMDPRolloutBuffer(RolloutBuffer):
         :param episode_start: ``(n_envs,)``.
         :param value: ``(n_envs, n_agents)`` critic values of the slot's representative.
         :param log_prob: ``(n_envs,)``.
+        :param representatives: ``(n_envs,)`` the representative acting in each slot (default: slot e's
+            first, ``e % k``).
         """
+        if representatives is not None:
+            self.step_representatives[self.pos] = representatives
+            self._sample_representatives = None
         if len(log_prob.shape) == 0:
             log_prob = log_prob.reshape(-1, 1)
         self._store_observations(obs)
@@ -244,10 +267,15 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.marginal_advantages = None
 
     def _compute_marginal_advantages(self, alpha: np.ndarray) -> np.ndarray:
-        """``(n_steps, n_envs)`` marginal advantages: slot e's steps weighted by its representative."""
+        """``(n_steps, n_envs)`` marginal advantages: each step weighted by its representative's column."""
         marginal = np.empty((self.buffer_size, self.n_envs), dtype=np.float32)
+        if not self.slots_keep_their_representatives:
+            for j in np.unique(self.step_representatives):
+                acted = self.step_representatives == j
+                marginal[acted] = self.advantages[acted] @ alpha[:, j]
+            return marginal
         rows = np.empty((self.buffer_size, self.n_agents), dtype=np.float32)
-        for slot, representative in enumerate(self.slot_representatives):
+        for slot, representative in enumerate(self.step_representatives[0]):
             # A contiguous copy of the slot's rows: BLAS sums a strided view in another order (1 ulp).
             np.copyto(rows, self.advantages[:, slot])
             marginal[:, slot] = rows @ alpha[:, representative]

@@ -199,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="env steps, all slots (default 1e5)",
     )
     train.add_argument(
-        "--n-envs", type=_positive_int, metavar="N", help="env slots, a multiple of k (default k)"
+        "--n-envs",
+        type=_positive_int,
+        metavar="N",
+        help="env slots (default k; when not a multiple of k, representatives rotate over them)",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument(
@@ -624,7 +627,7 @@ def train_command(args: argparse.Namespace) -> int:
             verbose=args.verbose,
             **params,
         )
-    except ValueError as error:  # k > n_agents, n_envs not a multiple of k, an assigner that does not fit
+    except ValueError as error:  # k > n_agents, an assigner that does not fit the env...
         raise UsageError(str(error)) from None
     except TypeError as error:  # policy kwargs the policy does not take
         raise UsageError(f"{error}; fix --policy-kwargs (e.g. net_arch=[64,64]).") from None

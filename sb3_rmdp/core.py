@@ -130,10 +130,11 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
 
     A mixin, listed before the SB3 / sb3-contrib base (``class RMDPPPO(RMDPAlgorithm, PPO)``), so that
     ``super()`` reaches the base. Env slot ``e`` is driven by representative ``e % k`` for the whole run
-    (every representative collects the same number of transitions); each transition yields all n agent
-    rewards; a per-agent critic learns ``V^{ij}`` and per-agent GAE gives ``A^{ij}``; the policy loss of
-    a sample collected by j uses the marginal advantage ``sum_i alpha[i, j] A^{ij}`` with the assigner's
-    current ``alpha`` (paper eq. 9).
+    when ``n_envs`` is a multiple of k (every representative collects the same number of transitions),
+    else representatives rotate over the slots (:attr:`rotates_representatives`); each transition yields
+    all n agent rewards; a per-agent critic learns ``V^{ij}`` and per-agent GAE gives ``A^{ij}``; the
+    policy loss of a sample collected by j uses the marginal advantage ``sum_i alpha[i, j] A^{ij}`` with
+    the assigner's current ``alpha`` (paper eq. 9).
 
     Subclasses call :meth:`_rmdp_init` first in their constructor and write ``train``; the base's own
     per-step extras travel through :meth:`_rollout_step` (actions, values, log-probabilities and
@@ -156,6 +157,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
     normalize_advantage: bool
     policy: MultiRepresentativePolicy
     rollout_buffer: RMDPRolloutBuffer
+    _slot_index: np.ndarray
+    _representative_steps: np.ndarray
 
     # ------------------------------------------------------------------ construction
     def _rmdp_init(
@@ -178,7 +181,7 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         name = type(self).__name__
         self.k = _check_count(k, "k", "the policy budget must be a whole number of representatives, k >= 1")
         if n_envs is not None:
-            n_envs = _check_count(n_envs, "n_envs", "pass a number of env slots >= 1, a multiple of k")
+            n_envs = _check_count(n_envs, "n_envs", "pass a number of env slots >= 1")
         if use_sde:
             raise ValueError(f"use_sde=True is not supported by {name}: pass use_sde=False.")
         if normalize_advantage and isinstance(batch_size, int) and batch_size < 2:
@@ -192,11 +195,7 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         self.agent_params = None
         if env is None:
             return None
-        if n_envs is not None and n_envs % self.k != 0:
-            raise ValueError(_slots_error(n_envs, self.k))
         vec_env = as_rmdp_vec_env(env, n_envs=n_envs or self.k, env_kwargs=env_kwargs)
-        if vec_env.num_envs % self.k != 0:
-            raise ValueError(_slots_error(vec_env.num_envs, self.k))
         self.n_agents = vec_env_n_agents(vec_env)
         if self.k > self.n_agents:
             raise ValueError(
@@ -239,8 +238,12 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         # Saved with the model: a load rebuilds this layout whatever "auto" resolves to by then.
         self.policy_kwargs["critic"] = self.policy.critic_layout
         self.assigner.bind(self.n_agents, self.k, self.agent_params, seed=self.seed, device=self.device)
-        slots = th.as_tensor(self.rollout_buffer.slot_representatives, device=self.device)
-        self._slot_representatives = RepresentativeGroups.of(slots, self.k)
+        if getattr(self, "_slot_index", None) is None or self._slot_index.shape != (self.n_envs,):
+            #: ``(n_envs,)`` the representative acting in each slot now (see :meth:`_rotate`)
+            self._slot_index = self.rollout_buffer.slot_representatives.copy()
+            #: ``(k,)`` transitions each representative collected so far (what rotation balances)
+            self._representative_steps = np.zeros(self.k, dtype=np.int64)
+        self._set_slot_representatives(self._slot_index)
         if getattr(self, "_episode_agent_returns", None) is None or self._episode_agent_returns.shape != (
             self.n_envs,
             self.n_agents,
@@ -254,6 +257,37 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
     def _setup_base_model(self) -> None:
         """The base algorithm's ``_setup_model`` (the policy, the buffer, the schedules)."""
         super()._setup_model()
+
+    def _set_slot_representatives(self, index: np.ndarray) -> None:
+        self._slot_index = np.asarray(index, dtype=np.int64)
+        slots = th.as_tensor(self._slot_index, device=self.device)
+        self._slot_representatives = RepresentativeGroups.of(slots, self.k)
+
+    @property
+    def rotates_representatives(self) -> bool:
+        """Whether representatives move between env slots: when ``n_envs`` is not a multiple of k.
+
+        With ``n_envs`` a multiple of k a slot keeps ``e % k`` for the whole run (every representative
+        collects the same number of transitions). Otherwise, when a slot's episode ends, its next episode
+        goes to the representative that has collected the fewest transitions so far, among those not
+        acting in another slot when there are any (ties to the lowest index): ``n_envs=4, k=3``, or
+        ``k=50`` on 4 slots, share the data about evenly whatever the episode lengths. An episode is
+        always acted by one representative, so a return (and an LSTM's memory) belongs to one policy.
+        The slots' representatives and the counts are saved with the model.
+        """
+        return self.n_envs % self.k != 0
+
+    def _rotate(self, slots: np.ndarray) -> None:
+        """Give each slot in ``slots`` (whose episodes just ended) its next representative."""
+        if not self.rotates_representatives or len(slots) == 0:
+            return
+        index = self._slot_index.copy()
+        for slot in slots:
+            busy = np.zeros(self.k, dtype=bool)
+            busy[np.delete(index, slot)] = True
+            candidates = np.flatnonzero(~busy) if not busy.all() else np.arange(self.k)
+            index[slot] = candidates[np.argmin(self._representative_steps[candidates])]
+        self._set_slot_representatives(index)
 
     def _excluded_save_params(self) -> list[str]:
         # Rebuilt by `_setup_model`; it holds a tensor on the model's device.
@@ -339,9 +373,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         :raises FileNotFoundError: if there is no file at ``path`` (nor ``path.zip``).
         :raises ValueError: (:class:`~sb3_rmdp.serialization.ModelFileError`) for a damaged file, a model
             of another algorithm, or (:class:`~sb3_rmdp.serialization.UntrustedFileError`) pickled entries
-            without ``trusted``; if ``env`` has another number of agents than the file, or a number of env
-            slots that is not a multiple of its k, or if ``k`` or ``n_agents`` are passed (they are fixed
-            by the saved networks).
+            without ``trusted``; if ``env`` has another number of agents than the file, or if ``k`` or
+            ``n_agents`` are passed (they are fixed by the saved networks).
         """
         for name in ("k", "n_agents"):
             if name in kwargs:
@@ -370,7 +403,7 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         """SB3's ``set_env``, checking first that ``env`` has this model's agents and fits its k.
 
-        :raises ValueError: on another number of agents, or env slots that are not a multiple of k.
+        :raises ValueError: on another number of agents.
         """
         vec_env = env if isinstance(env, VecEnv) else self._wrap_env(env, self.verbose)
         _check_env_fits(vec_env, self.k, self.n_agents)
@@ -496,7 +529,6 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         n_steps = 0
         rollout_buffer.reset()
         callback.on_rollout_start()
-        slot_reps = self._slot_representatives.index.cpu().numpy()
         finished: list[list[np.ndarray]] = [[] for _ in range(self.k)]
 
         while n_steps < n_rollout_steps:
@@ -510,6 +542,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
 
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += env.num_envs
+            slot_reps = self._slot_index
+            self._representative_steps += np.bincount(slot_reps, minlength=self.k)
 
             callback.update_locals(locals())
             if not callback.on_step():
@@ -541,11 +575,13 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
                 self._last_episode_starts,  # type: ignore[arg-type]
                 values,
                 log_probs,
+                representatives=slot_reps,
                 **buffer_extras,
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
             self._after_rollout_step()
+            self._rotate(np.flatnonzero(dones))
 
         with th.no_grad():
             values = self._final_values(new_obs, dones)
@@ -709,13 +745,6 @@ def _masks_message(algorithm: str, uses_masks: bool) -> str:
     )
 
 
-def _slots_error(n_envs: int, k: int) -> str:
-    return (
-        f"n_envs={n_envs} env slots cannot be shared evenly by k={k} representatives (slot e is driven by "
-        f"representative e % k): use a multiple of k, e.g. n_envs={k * max(1, round(n_envs / k))}."
-    )
-
-
 def _check_env_fits(env: VecEnv, k: int, n_agents: int) -> None:
     """Raise a ``ValueError`` naming the mismatch when ``env`` is not an r-MDP this model can train on."""
     wrapper: VecEnv = env
@@ -734,12 +763,6 @@ def _check_env_fits(env: VecEnv, k: int, n_agents: int) -> None:
             f"The env has {env_agents} agents, but this model was built for n_agents={n_agents} (k={k}): "
             f"its critic and assignment have one entry per agent. Pass an env of the same r-MDP "
             f"({n_agents} agents), or train a new model on this env."
-        )
-    if env.num_envs % k != 0:
-        raise ValueError(
-            f"The env has {env.num_envs} env slots, which k={k} representatives of this model cannot share "
-            f"(slot e is driven by representative e % k): build the VecEnv with a multiple of k slots, e.g. "
-            f"make_rmdp_vec_env(env, n_envs={k * max(1, round(env.num_envs / k))})."
         )
 
 

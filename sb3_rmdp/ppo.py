@@ -31,9 +31,11 @@ class RMDPPPO(RMDPAlgorithm, PPO):
     """PPO with k representative policies serving n agents, each with its own reward (an r-MDP).
 
     Every PPO argument keeps its meaning; ``n_steps`` is per env slot. Env slot ``e`` is driven by
-    representative ``e % k`` for the whole run, so every representative collects the same number of
-    transitions. Each transition yields all n agent rewards; a per-agent critic learns ``V^{ij}`` and
-    per-agent GAE gives ``A^{ij}``; the policy loss of a sample collected by j uses the marginal
+    representative ``e % k`` for the whole run when ``n_envs`` is a multiple of k, so every
+    representative collects the same number of transitions; otherwise representatives rotate over the
+    slots at episode ends (:attr:`~sb3_rmdp.core.RMDPAlgorithm.rotates_representatives`). Each
+    transition yields all n agent rewards; a per-agent critic learns ``V^{ij}`` and per-agent GAE gives
+    ``A^{ij}``; the policy loss of a sample collected by j uses the marginal
     advantage ``sum_i alpha[i, j] A^{ij}`` with the assigner's current ``alpha`` (paper eq. 9),
     normalized per representative within the minibatch; the value loss is the MSE over all agents.
 
@@ -43,7 +45,7 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         :func:`~sb3_rmdp.envs.make_rmdp_vec_env`.
     :param k: the policy budget (number of representatives), ``1 <= k <= n_agents``.
     :param assigner: an :class:`~sb3_rmdp.assigners.Assigner` (default ``EMAssigner()``) or a name.
-    :param n_envs: env slots to create when ``env`` is not a VecEnv (default ``k``); a multiple of k.
+    :param n_envs: env slots to create when ``env`` is not a VecEnv (default ``k``).
     :param env_kwargs: keyword arguments for ``gym.make`` when ``env`` is an id (or for a factory).
     The other parameters are SB3's :class:`~stable_baselines3.PPO`'s.
 

@@ -262,7 +262,7 @@ def make_objective(
     Evaluations every ``n_timesteps / n_evaluations`` steps are reported for pruning, the last one after
     training ends (it is the trial's value). A trial whose training raises on NaN/infinite numbers, or
     whose welfare is not finite, is pruned with the reason in its user attribute ``diverged``. Errors in
-    the settings themselves (e.g. ``n_envs`` not a multiple of k) fail the trial.
+    the settings themselves (e.g. ``k`` above the number of agents) fail the trial.
 
     Every trial trains with the same ``seed`` (trials compare hyperparameters, not luck). The trial's
     user attributes hold the ``hyperparams`` it trained with (``batch_size`` adjusted, JSON-ready, the

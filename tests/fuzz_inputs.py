@@ -37,14 +37,16 @@ import torch as th
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's small envs
 
-from conftest import ScaledRewardsEnv, make_scaled
+from conftest import DictObservation, ImageWalk, ScaledRewardsEnv, make_scaled
+from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_rmdp import RMDPPPO, CoverageAssigner, FixedAssigner
+from sb3_rmdp import RMDPA2C, RMDPPPO, CoverageAssigner, FixedAssigner, RMDPMaskablePPO
 from sb3_rmdp.cli import main as cli_main
 from sb3_rmdp.envs import make_rmdp_vec_env
+from sb3_rmdp.policies import MlpPolicy
 from sb3_rmdp.tuning import tune_main
 
 RG = "sb3_rmdp/ResourceGathering-v0"
@@ -127,8 +129,23 @@ def _flip_a_byte(source: Path, target: Path, entry: str) -> Path:
     return target
 
 
-def _model(env: Any = None, **kwargs: Any) -> RMDPPPO:
-    return RMDPPPO("MlpPolicy", env if env is not None else make_scaled, **{**SMALL, "k": 1, **kwargs})
+def _model(env: Any = None, policy: Any = "MlpPolicy", **kwargs: Any) -> RMDPPPO:
+    return RMDPPPO(policy, env if env is not None else make_scaled, **{**SMALL, "k": 1, **kwargs})
+
+
+def _masked() -> gym.Env:
+    return ActionMasker(make_scaled(), lambda env: np.ones(2, dtype=bool))
+
+
+class _MiddleChannels(gym.ObservationWrapper):
+    """(36, 1, 36) images: the channel axis in the middle."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0, 255, shape=(36, 1, 36), dtype=np.uint8)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return np.transpose(observation, (1, 0, 2))
 
 
 def _wrong_rows(assigner: Any) -> Callable[[], Any]:
@@ -153,6 +170,7 @@ def cases(folder: Path) -> list[Case]:
     rg_model = folder / "rg.zip"
     RMDPPPO("MlpPolicy", RG, k=2, **SMALL).save(rg_model)
     PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16).save(folder / "ppo.zip")
+    RMDPA2C("MlpPolicy", small_env(n_envs=2), k=2).save(folder / "a2c.zip")
     raw = saved.read_bytes()
     (folder / "cut.zip").write_bytes(raw[: len(raw) // 2])
     _flip_a_byte(saved, folder / "crc.zip", "policy.pth")
@@ -190,7 +208,24 @@ def cases(folder: Path) -> list[Case]:
         Case("k > n_agents", lambda: _model(k=4), r"lower k to at most 3"),
         Case("n_envs=0", lambda: _model(n_envs=0), r"n_envs=0: pass a number of env slots >= 1"),
         Case("n_envs=-1", lambda: _model(n_envs=-1), r"n_envs=-1: pass a number of env slots >= 1"),
-        Case("n_envs not a multiple of k", lambda: _model(k=2, n_envs=3), r"multiple of k"),
+        # observation spaces and masks
+        Case(
+            "a Dict space with a policy for arrays",
+            lambda: _model(lambda: ScaledRewardsEnv(DictObservation(gym.make("CartPole-v1"))), MlpPolicy),
+            r"Dict space.*'MultiInputPolicy'",
+        ),
+        Case("CnnPolicy on vectors", lambda: _model(policy="CnnPolicy"), r"reads images.*'MlpPolicy'"),
+        Case(
+            "an image with its channels in the middle",
+            lambda: _model(lambda: ScaledRewardsEnv(_MiddleChannels(ImageWalk())), policy="CnnPolicy"),
+            r"neither channel-first .* nor channel-last.*Transpose",
+        ),
+        Case("a masked env to RMDPPPO", lambda: _model(_masked), r"would ignore.*RMDPMaskablePPO"),
+        Case(
+            "an env without masks to RMDPMaskablePPO",
+            lambda: RMDPMaskablePPO("MlpPolicy", make_scaled, **SMALL),
+            r"action_masks\(\).*ActionMasker",
+        ),
         Case("batch_size=1", lambda: _model(batch_size=1), r"batch_size=1: .*at least 2"),
         Case("device='nonsense'", lambda: _model(device="nonsense"), r"not a torch device; pass 'auto'"),
         # rewards
@@ -241,9 +276,9 @@ def cases(folder: Path) -> list[Case]:
             r"4 agents, but this model was built for n_agents=3",
         ),
         Case(
-            "a zip with another k (slots)",
-            lambda: RMDPPPO.load(saved, env=small_env(n_envs=3)),
-            r"3 env slots.*k=2",
+            "an RMDPA2C zip to RMDPPPO.load",
+            lambda: RMDPPPO.load(folder / "a2c.zip"),
+            r"RMDPA2C model, not an RMDPPPO one: load it with RMDPA2C.load",
         ),
         Case("load(k=3)", lambda: RMDPPPO.load(saved, k=3), r"fixed by the saved networks"),
         # the command line

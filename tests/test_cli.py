@@ -129,7 +129,6 @@ USER_ERRORS = {
     ),
     "k < 1": (["train", "--env", RG, "-k", "0"], "k must be a whole number of representatives >= 1"),
     "k > n_agents": (["train", "--env", RG, "-k", "26"], "lower k to at most 25"),
-    "n_envs": (["train", "--env", RG, "-k", "2", "--n-envs", "3"], "use a multiple of k, e.g. n_envs=4"),
     "env kwargs syntax": (["train", "--env", RG, "-k", "2", "--env-kwargs", "size"], "key=value items"),
     "env kwargs name": (["train", "--env", RG, "-k", "2", "--env-kwargs", "sise=3"], "fix --env-kwargs"),
     "policy kwargs": (["train", "--env", RG, "-k", "2", "--policy-kwargs", "foo=1"], "fix --policy-kwargs"),
