@@ -44,6 +44,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from sb3_rmdp.assigners import Assigner, make_assigner
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.buffers import RMDPDictRolloutBuffer, RMDPRolloutBuffer
+from sb3_rmdp.callbacks import prepare_callbacks, serve_deployed_assignment
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
 from sb3_rmdp.files import atomic_write, with_zip_suffix
@@ -443,7 +444,12 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
-        """Run the assigner first, then the user's callbacks (SB3 calls them in list order)."""
+        """Run the assigner first, then the user's callbacks (SB3 calls them in list order).
+
+        The user's callbacks are made ready for an r-MDP (:mod:`sb3_rmdp.callbacks`): the model's assigner
+        among them is taken out (it runs first anyway) and every ``EvalCallback`` scores the deployed
+        assignment.
+        """
         if callback is None:
             user_callbacks: list[BaseCallback] = []
         elif isinstance(callback, list):
@@ -452,7 +458,11 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             user_callbacks = [callback]
         else:
             user_callbacks = [ConvertCallback(callback)]
-        return super()._init_callback(CallbackList([self.assigner, *user_callbacks]), progress_bar)
+        user_callbacks = prepare_callbacks(self, user_callbacks)
+        initialized = super()._init_callback(CallbackList([self.assigner, *user_callbacks]), progress_bar)
+        # EvalCallback takes its model in `init_callback`: give it the deployed assignment now
+        serve_deployed_assignment(self, user_callbacks)
+        return initialized
 
     # ------------------------------------------------------------------ the assignment, for users
     def assignment(self) -> np.ndarray:
