@@ -11,6 +11,10 @@ import io
 import pathlib
 from typing import Any
 
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
+
 from sb3_rmdp.core import RMDPAlgorithm
 from sb3_rmdp.serialization import read_model_bytes, read_model_data, saved_algorithm
 
@@ -55,3 +59,19 @@ def load_model(path: str | pathlib.Path | io.BufferedIOBase, **kwargs: Any) -> R
     data = read_model_data(raw, name)
     cls = algorithm_class(saved_algorithm(data)) if "k" in data else algorithm_class("ppo")
     return cls.load(io.BytesIO(raw) if isinstance(path, io.BufferedIOBase) else path, **kwargs)
+
+
+def default_policy(algorithm: type[RMDPAlgorithm], observation_space: spaces.Space) -> str:
+    """The policy alias of ``algorithm`` for ``observation_space``: the one reading ``Dict`` observations
+    (``"MultiInputPolicy"``), images (``"CnnPolicy"``) or vectors (``"MlpPolicy"``); ``...LstmPolicy``
+    for RMDPRecurrentPPO."""
+    if isinstance(observation_space, spaces.Dict):
+        wanted: type = CombinedExtractor
+    elif is_image_space(observation_space):
+        wanted = NatureCNN
+    else:
+        wanted = FlattenExtractor
+    for alias, policy in algorithm.policy_aliases.items():
+        if getattr(policy, "default_features_extractor", None) is wanted:
+            return alias
+    return next(iter(algorithm.policy_aliases))

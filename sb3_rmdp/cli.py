@@ -20,6 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,10 +30,11 @@ from sb3_rmdp.files import atomic_write, output_problem, with_zip_suffix, write_
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
 
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.core import RMDPAlgorithm
 
 PROG = "sb3-rmdp"
 ASSIGNER_NAMES = ("em", "end_to_end", "kmeans", "random", "oracle")
+ALGORITHM_NAMES = ("ppo", "a2c", "maskable_ppo", "recurrent_ppo")
 CSV_COLUMNS = ("algorithm", "k", "seed", "welfare")
 # Why one torch thread by default: PPO's small MLPs gain nothing from intra-op parallelism, and on a
 # 2-core machine whose other core was busy, 2 threads made training more than 10x slower than 1.
@@ -165,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         formatter_class=_Formatter,
-        help="train k representatives and their assignment (RMDPPPO), then evaluate and save",
+        help="train k representatives and their assignment (RMDPPPO, or --algo), then evaluate and save",
         description=(
-            "Train RMDPPPO with k representatives on an r-MDP env, show a progress bar, then evaluate the "
-            "deployed assignment (each agent served by its representative) on real episodes, print the "
-            "welfare and group sizes, and save the model as an SB3 zip."
+            "Train k representatives on an r-MDP env (RMDPPPO, RMDPA2C, RMDPMaskablePPO or "
+            "RMDPRecurrentPPO: --algo), show a progress bar, then evaluate the deployed assignment (each "
+            "agent served by its representative) on real episodes, print the welfare and group sizes, and "
+            "save the model as an SB3 zip. --env takes a registered id or an env of your own module: "
+            "module:EnvId-v0 (an id the module registers) or module:MyEnv (an env class or function); the "
+            "module is imported from the current folder, else from the Python path."
         ),
         epilog=(
             "examples:\n"
@@ -177,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {PROG} train --env sb3_rmdp/HalfCheetahVelocity-v0 -k 5 --assigner oracle "
             "--env-kwargs n_agents=100 --timesteps 2e6 --tensorboard-log runs/\n"
             f"  {PROG} train --env sb3_rmdp/ResourceGathering-v0 -k 2 --hyperparams default "
-            "--n-steps 256 --policy-kwargs net_arch=[64,64]\n\n"
+            "--n-steps 256 --policy-kwargs net_arch=[64,64]\n"
+            f"  {PROG} train --env my_envs:Shop-v0 -k 3 --algo maskable_ppo --timesteps 2e5\n"
+            f"  {PROG} train --env sb3_rmdp/ResourceGathering-v0 -k 3 --hyperparams best.json  "
+            f"# what '{PROG} tune --out best.json' wrote\n\n"
             "Follow training in TensorBoard with: tensorboard --logdir runs/"
         ),
     )
@@ -186,10 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-k", "--k", type=_budget, required=True, help="the policy budget: number of representatives"
     )
     train.add_argument(
+        "--algo",
+        choices=ALGORITHM_NAMES,
+        help="the algorithm (default ppo, or a --hyperparams file's); maskable_ppo reads the env's "
+        "action_masks(); maskable_ppo and recurrent_ppo need sb3-contrib",
+    )
+    train.add_argument(
         "--assigner",
         choices=ASSIGNER_NAMES,
-        default="em",
-        help="how agents are assigned to representatives (default em; oracle needs 1-D agent params)",
+        help="how agents are assigned to representatives (default em, or a --hyperparams file's; oracle "
+        "needs 1-D agent params)",
+    )
+    train.add_argument(
+        "--policy",
+        metavar="ALIAS",
+        help="the policy alias (default: MultiInputPolicy for Dict observations, CnnPolicy for images, "
+        "else MlpPolicy; ...LstmPolicy for recurrent_ppo)",
     )
     train.add_argument(
         "--timesteps",
@@ -207,9 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument(
         "--hyperparams",
-        choices=("tuned", "default"),
-        help="tuned: the settings of sb3_rmdp.hyperparams for this env; default: RMDPPPO's defaults "
-        "(default: tuned when the env has them)",
+        metavar="tuned|default|FILE.json",
+        help="tuned: the settings of sb3_rmdp.hyperparams for this env (PPO's); default: the algorithm's "
+        f"defaults; FILE.json: the best trial '{PROG} tune --out' wrote (its k, assigner and algorithm "
+        "with it). Default: tuned when the env has them",
     )
     train.add_argument("--n-steps", type=_positive_int, metavar="N", help="env steps per slot per update")
     train.add_argument("--batch-size", type=_batch_size, metavar="N", help="minibatch size, at least 2")
@@ -298,9 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         formatter_class=_Formatter,
-        help="write one representative as a plain SB3 PPO zip (and a review dossier)",
+        help="write one representative as a plain SB3 / sb3-contrib zip (and a review dossier)",
         description=(
-            "Write representative J as a stock stable_baselines3 PPO zip that PPO.load opens without "
+            "Write representative J as a stock zip of the model's base algorithm (stable_baselines3 PPO or "
+            "A2C, sb3_contrib MaskablePPO or RecurrentPPO) that its load opens without "
             "sb3-rmdp; with --dossier, also write <out>.json and <out>.md: the agents it serves and their "
             "evaluated returns."
         ),
@@ -312,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("model", metavar="MODEL.zip", help="a model saved by train (or RMDPPPO.save)")
     export.add_argument("-j", type=int, required=True, help="the representative to export, 0 <= J < k")
-    export.add_argument("--out", required=True, metavar="PATH", help="the PPO zip to write")
+    export.add_argument("--out", required=True, metavar="PATH", help="the zip to write")
     _env_options(export, required=False, what="the model was trained on (needed by --dossier)")
     export.add_argument("--dossier", action="store_true", help="also write the review dossier (needs --env)")
     export.add_argument(
@@ -362,14 +384,31 @@ def _registered_ids() -> list[str]:
 def check_env_id(env_id: str) -> None:
     """Fail with the list of registered ids when ``env_id`` is unknown to gymnasium.
 
-    :raises UsageError: for an unknown id.
+    ``module:Name`` is checked by importing the module (:func:`sb3_rmdp.envs.vec_env.resolve_env_spec`).
+
+    :raises UsageError: for an unknown id, or a module that cannot be imported or lacks the name.
+    """
+    env_spec(env_id)
+
+
+def env_spec(env_id: str) -> Any:
+    """``--env``'s env: a registered id, or (``module:Name``) the id or env factory of the user's module.
+
+    :raises UsageError: in one line, for an unknown id, a module that cannot be imported (a missing
+        file, a syntax error...) or one that does not define the name.
     """
     import gymnasium as gym
 
     import sb3_rmdp.envs  # noqa: F401  (registers the built-in ids)
+    from sb3_rmdp.envs.vec_env import resolve_env_spec
 
-    if env_id in gym.registry or ":" in env_id:  # "module:Env-v0" imports its module itself
-        return
+    if ":" in env_id:
+        try:
+            return resolve_env_spec(env_id)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if env_id in gym.registry:
+        return env_id
     try:  # MO-Gymnasium's envs are r-MDPs; they register on import
         import mo_gymnasium  # noqa: F401
     except ImportError:
@@ -377,8 +416,10 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         raise UsageError(
             f"unknown env id {env_id!r}; the sb3_rmdp envs are {', '.join(_registered_ids())} "
-            "(any registered gymnasium id of an env with a reward vector works too)."
+            "(any registered gymnasium id of an env with a reward vector works too, or module:EnvId-v0 / "
+            "module:MyEnv for an env of your own module)."
         )
+    return env_id
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int = 1, seed: int | None = None) -> VecEnv:
@@ -387,9 +428,9 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int = 1, seed: int
 
     from sb3_rmdp.envs import make_rmdp_vec_env
 
-    check_env_id(env_id)
+    env = env_spec(env_id)
     try:
-        return make_rmdp_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+        return make_rmdp_vec_env(env, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     except gym.error.DependencyNotInstalled as error:
         raise UsageError(f"{env_id} needs a package that is not installed: {error}") from None
     except TypeError as error:
@@ -448,37 +489,45 @@ def existing_file(path: str, what: str) -> pathlib.Path:
     return file
 
 
-def load_model(path: str, device: str = "auto", trusted: bool = False) -> RMDPPPO:
-    """Load a saved ``RMDPPPO`` zip, running no code from it unless ``trusted`` (``--trust``).
+def load_model(path: str, device: str = "auto", trusted: bool = False) -> RMDPAlgorithm:
+    """Load a saved model with the class that saved it, running no code from it unless ``trusted``.
 
-    :raises UsageError: when the file is missing, damaged, untrusted or is not an RMDPPPO save.
+    :raises UsageError: when the file is missing, damaged, untrusted or is not an sb3-rmdp save.
     """
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.algorithms import load_model as load_saved
     from sb3_rmdp.serialization import ModelFileError, UntrustedFileError
 
     file = existing_file(path, "model file")
     try:
-        return RMDPPPO.load(file, device=device, trusted=trusted)
+        return load_saved(file, device=device, trusted=trusted)
     except UntrustedFileError as error:
         why = str(error).split(" If you trust the file")[0]
         raise UsageError(
             f"{why} If you trust the file, pass --trust (see the Security page of the docs)."
         ) from None
-    except ModelFileError as error:
+    except (ModelFileError, ImportError) as error:  # ImportError: sb3-contrib missing, named
         raise UsageError(str(error)) from None
     except Exception as error:  # a zip of another algorithm, a truncated file, not a zip...
         raise UsageError(
-            f"cannot load {path!r} as an RMDPPPO model ({type(error).__name__}: {error}); pass a zip written "
-            f"by '{PROG} train' or RMDPPPO.save."
+            f"cannot load {path!r} as an sb3-rmdp model ({type(error).__name__}: {error}); pass a zip "
+            f"written by '{PROG} train' or a model's save."
         ) from None
 
 
-def evaluation_env(model: RMDPPPO, env_id: str, env_kwargs: dict[str, Any], seed: int | None = 0) -> VecEnv:
+def evaluation_env(
+    model: RMDPAlgorithm, env_id: str, env_kwargs: dict[str, Any], seed: int | None = 0
+) -> VecEnv:
     """The env a saved model is evaluated on, checked against the model (agents and spaces)."""
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
     from sb3_rmdp.envs.vec_env import vec_env_n_agents
 
     vec_env = make_env(env_id, env_kwargs, seed=seed)
     n_agents = vec_env_n_agents(vec_env)
+    space = vec_env.observation_space
+    if is_image_space(space) and not is_image_space_channels_first(space):  # type: ignore[arg-type]
+        vec_env = VecTransposeImage(vec_env)  # as SB3 wrapped the training env
     if n_agents != model.n_agents or vec_env.observation_space != model.observation_space:
         raise UsageError(
             f"the model serves {model.n_agents} agents with observations {model.observation_space}, but "
@@ -571,56 +620,44 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- commands
 def train_command(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.vec_env import VecNormalize
     from tqdm import TqdmExperimentalWarning
 
-    from sb3_rmdp.assigners import ASSIGNERS, Assigner, EMAssigner
-    from sb3_rmdp.hyperparams import HYPERPARAMS, hyperparams_for
-    from sb3_rmdp.ppo import RMDPPPO
+    from sb3_rmdp.algorithms import default_policy
     from sb3_rmdp.welfare import evaluate_agent_returns
 
-    check_env_id(args.env)
+    env_spec(args.env)
+    settings = training_settings(args)
+    algorithm: Any = algorithm_or_usage_error(settings.algo)
     # Every output is checked before training: a run must not end unable to write what it trained.
-    save = with_zip_suffix(args.save or _default_save_name(args))
-    check_outputs([("--save", save), *([("--json", args.json)] if args.json else [])], args.overwrite)
+    save = with_zip_suffix(args.save or _default_save_name(args, settings.assigner_name))
+    statistics = save.with_name(f"{save.stem}_vecnormalize.pkl")
+    outputs = [("--save", save), *([("--json", args.json)] if args.json else [])]
+    if settings.normalize_observations:
+        outputs.append(("--save (VecNormalize statistics)", statistics))
+    check_outputs(outputs, args.overwrite)
     if args.tensorboard_log:
         problem = output_problem(args.tensorboard_log, folder=True)
         if problem is not None:
             raise UsageError(f"--tensorboard-log {args.tensorboard_log}: {problem}.")
     check_device(args.device)
-    user_env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
-    policy_kwargs = parse_key_values(args.policy_kwargs, "--policy-kwargs")
-    hyperparams = args.hyperparams or ("tuned" if args.env in HYPERPARAMS else "default")
-    if hyperparams == "tuned":
-        if args.env not in HYPERPARAMS:
-            raise UsageError(
-                f"no tuned hyperparameters for {args.env} (tuned: {', '.join(sorted(HYPERPARAMS))}); "
-                "pass --hyperparams default."
-            )
-        params = hyperparams_for(args.env)
-    else:
-        params = {"env_kwargs": {}}
-    env_kwargs = {**params.pop("env_kwargs"), **user_env_kwargs}
-    tuned_assigner = params.pop("assigner", None)
-    assigner: Assigner
-    if args.assigner == "em" and isinstance(tuned_assigner, EMAssigner):
-        assigner = tuned_assigner
-        assigner.figure_every = args.figure_every
-    else:
-        assigner = ASSIGNERS[args.assigner](figure_every=args.figure_every)
-    for name in ("n_steps", "batch_size", "n_epochs"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    if policy_kwargs:
-        params["policy_kwargs"] = policy_kwargs
 
-    n_envs = args.n_envs or args.k
-    env = make_env(args.env, env_kwargs, n_envs=n_envs, seed=args.seed)
+    params = dict(settings.params)
+    n_envs = args.n_envs or params.pop("n_envs", None) or args.k
+    env = make_env(args.env, settings.env_kwargs, n_envs=n_envs, seed=args.seed)
+    if settings.normalize_observations:
+        env = VecNormalize(env, norm_obs=True, norm_reward=False)
+    policy = args.policy or default_policy(algorithm, env.observation_space)
+    if policy not in algorithm.policy_aliases:
+        raise UsageError(
+            f"--policy {policy}: {algorithm.__name__} takes {', '.join(algorithm.policy_aliases)}."
+        )
     try:
-        model = RMDPPPO(
-            "MlpPolicy",
+        model = algorithm(
+            policy,
             env,
             k=args.k,
-            assigner=assigner,
+            assigner=settings.assigner,
             tensorboard_log=args.tensorboard_log,
             seed=args.seed,
             device=args.device,
@@ -632,10 +669,12 @@ def train_command(args: argparse.Namespace) -> int:
     except TypeError as error:  # policy kwargs the policy does not take
         raise UsageError(f"{error}; fix --policy-kwargs (e.g. net_arch=[64,64]).") from None
 
+    name = algorithm.__name__
+    described_kwargs = _format_kwargs(settings.env_kwargs) or "default env kwargs"
     print(
-        f"Training RMDPPPO on {args.env} ({_format_kwargs(env_kwargs) or 'default env kwargs'}): "
-        f"{model.n_agents} agents, k={args.k} representatives, {args.assigner} assigner, "
-        f"{hyperparams} hyperparameters, {args.timesteps} steps over {n_envs} env slots."
+        f"Training {name} ({policy}) on {args.env} ({described_kwargs}): {model.n_agents} agents, "
+        f"k={args.k} representatives, {settings.assigner_name} assigner, {settings.label} hyperparameters, "
+        f"{args.timesteps} steps over {n_envs} env slots."
     )
     start = time.perf_counter()
     try:
@@ -644,28 +683,33 @@ def train_command(args: argparse.Namespace) -> int:
             model.learn(
                 args.timesteps,
                 progress_bar=not args.no_progress_bar,
-                tb_log_name=f"{args.assigner}_k{args.k}",
+                tb_log_name=f"{settings.assigner_name}_k{args.k}",
             )
     except KeyboardInterrupt:
         model.save(save)  # checked writable above; written atomically
         print(
             f"\nInterrupted after {model.num_timesteps} of {args.timesteps} steps: the model so far is saved "
-            f"to {save}. Resume it with RMDPPPO.load({str(save)!r}, env=...).learn(..., "
+            f"to {save}. Resume it with {name}.load({str(save)!r}, env=...).learn(..., "
             "reset_num_timesteps=False).",
             file=sys.stderr,
         )
         return 130
     elapsed = time.perf_counter() - start
     model.save(save)
+    if isinstance(env, VecNormalize):
+        env.save(str(statistics))
+        print(f"VecNormalize statistics saved to {statistics} (load them with VecNormalize.load)")
     speed = model.num_timesteps / elapsed
     print(f"Trained {model.num_timesteps} steps in {elapsed:.1f} s ({speed:.0f} steps/s).")
     summary: dict[str, Any] = {}
     if args.eval_episodes > 0:
         # In the env's own units: the tuned env kwargs (e.g. Resource Gathering's reward_scale=0.01) are
         # a training device, so only the user's --env-kwargs shape the evaluation env.
-        table = evaluate_agent_returns(
-            model, make_env(args.env, user_env_kwargs, seed=args.seed), n_episodes=args.eval_episodes
-        )
+        eval_env = make_env(args.env, settings.user_env_kwargs, seed=args.seed)
+        if isinstance(env, VecNormalize):
+            eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
+            eval_env.obs_rms = env.obs_rms
+        table = evaluate_agent_returns(model, eval_env, n_episodes=args.eval_episodes)
         summary = welfare_summary(table, model.assignment())
         print_summary(
             summary, f"Deployed assignment, {args.eval_episodes} evaluation episode(s) per representative"
@@ -677,10 +721,11 @@ def train_command(args: argparse.Namespace) -> int:
     if args.json:
         results = {
             "model": str(save),
+            "algo": settings.algo,
             "env": args.env,
-            "env_kwargs": user_env_kwargs,
+            "env_kwargs": settings.user_env_kwargs,
             "k": args.k,
-            "assigner": args.assigner,
+            "assigner": settings.assigner_name,
             "num_timesteps": int(model.num_timesteps),
             "train_seconds": elapsed,
             "eval_episodes": args.eval_episodes,
@@ -690,16 +735,155 @@ def train_command(args: argparse.Namespace) -> int:
         write_text(args.json, json.dumps(results, indent=2, default=str) + "\n")
         print(f"Summary written to {args.json}")
     # The user's env kwargs only, as for the summary above: returns in the env's own units.
-    env_option = " --env-kwargs " + " ".join(f"{key}={value!r}" for key, value in user_env_kwargs.items())
-    print(f"Evaluate it with: {PROG} evaluate {save} --env {args.env}{env_option if user_env_kwargs else ''}")
+    user_kwargs = settings.user_env_kwargs
+    env_option = " --env-kwargs " + " ".join(f"{key}={value!r}" for key, value in user_kwargs.items())
+    print(f"Evaluate it with: {PROG} evaluate {save} --env {args.env}{env_option if user_kwargs else ''}")
     if args.tensorboard_log:
         print(f"TensorBoard logs in {args.tensorboard_log}: tensorboard --logdir {args.tensorboard_log}")
     return 0
 
 
-def _default_save_name(args: argparse.Namespace) -> str:
+@dataclass
+class TrainingSettings:
+    """What ``train`` builds the model from, after ``--algo``, ``--assigner`` and ``--hyperparams``."""
+
+    algo: str
+    assigner_name: str
+    assigner: Any
+    #: the algorithm's keyword arguments (no ``k``, ``assigner``, ``env_kwargs``)
+    params: dict[str, Any]
+    #: the env kwargs of training (tuned ones included) and the user's own (``--env-kwargs``)
+    env_kwargs: dict[str, Any]
+    user_env_kwargs: dict[str, Any]
+    #: ``tuned``, ``default`` or the file's name
+    label: str
+    normalize_observations: bool = False
+
+
+def training_settings(args: argparse.Namespace) -> TrainingSettings:
+    """Resolve ``--algo``, ``--assigner`` and ``--hyperparams`` (``tuned``, ``default`` or a file that
+    ``sb3-rmdp tune --out`` wrote), then the single options (``--n-steps``...) over them.
+
+    :raises UsageError: for a file that is missing, unreadable or tuned for another env, k, assigner
+        or algorithm, tuned settings for A2C, or PPO's options given to A2C.
+    """
+    from sb3_rmdp.assigners import ASSIGNERS, EMAssigner
+    from sb3_rmdp.hyperparams import HYPERPARAMS, hyperparams_for
+
+    user_env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
+    policy_kwargs = parse_key_values(args.policy_kwargs, "--policy-kwargs")
+    spec = args.hyperparams
+    algo = args.algo
+    assigner_name = args.assigner
+    normalize = False
+    assigner_kwargs: dict[str, Any] = {}
+    if spec not in (None, "tuned", "default"):
+        best = read_best_params(spec, args)
+        algo = algo or best.get("algo", "ppo")
+        assigner_name = assigner_name or best["assigner"]
+        hyperparams = dict(best["hyperparams"])
+        assigner_kwargs = dict(hyperparams.pop("assigner_kwargs", {}) or {})
+        params = {"env_kwargs": dict(hyperparams.pop("env_kwargs", {}) or {}), **hyperparams}
+        normalize = bool(best.get("normalize_observations", False))
+        label = pathlib.Path(spec).name
+    algo = algo or "ppo"
+    assigner_name = assigner_name or "em"
+    if spec is None:
+        spec = "tuned" if args.env in HYPERPARAMS and algo != "a2c" else "default"
+    if spec == "tuned":
+        if args.env not in HYPERPARAMS:
+            raise UsageError(
+                f"no tuned hyperparameters for {args.env} (tuned: {', '.join(sorted(HYPERPARAMS))}); "
+                "pass --hyperparams default."
+            )
+        if algo == "a2c":
+            raise UsageError(
+                f"the tuned settings of {args.env} are PPO's (minibatches, epochs): pass --hyperparams "
+                f"default, or a file from '{PROG} tune --algo a2c --out best.json'."
+            )
+        params = hyperparams_for(args.env)
+        label = "tuned"
+    elif spec == "default":
+        params = {"env_kwargs": {}}
+        label = "default"
+    env_kwargs = {**params.pop("env_kwargs"), **user_env_kwargs}
+    tuned_assigner = params.pop("assigner", None)
+    assigner: Any
+    if assigner_name == "em" and isinstance(tuned_assigner, EMAssigner):
+        assigner = tuned_assigner
+        assigner.figure_every = args.figure_every
+    else:
+        try:
+            assigner = ASSIGNERS[assigner_name](figure_every=args.figure_every, **assigner_kwargs)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"the {assigner_name} assigner's settings: {error}") from None
+    for name in ("n_steps", "batch_size", "n_epochs"):
+        if getattr(args, name) is not None:
+            if algo == "a2c" and name != "n_steps":
+                raise UsageError(
+                    f"--{name.replace('_', '-')}: A2C takes one gradient step on each whole rollout (no "
+                    "minibatches, no epochs); drop it, or pass --algo ppo."
+                )
+            params[name] = getattr(args, name)
+    if policy_kwargs:
+        params["policy_kwargs"] = {**params.get("policy_kwargs", {}), **policy_kwargs}
+    return TrainingSettings(
+        algo, assigner_name, assigner, params, env_kwargs, user_env_kwargs, label, normalize
+    )
+
+
+def read_best_params(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The file ``sb3-rmdp tune --out`` wrote, checked against the command line's env, k, assigner and
+    algorithm.
+
+    :raises UsageError: naming the file and what does not fit.
+    """
+    file = existing_file(path, "--hyperparams file")
+    try:
+        best = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(
+            f"--hyperparams {path}: not a JSON file ({error}); pass tuned, default, or the file '{PROG} tune "
+            "--out' wrote."
+        ) from None
+    if not isinstance(best, dict) or not isinstance(best.get("hyperparams"), dict) or "assigner" not in best:
+        raise UsageError(
+            f"--hyperparams {path}: not a file of '{PROG} tune --out' (it has no hyperparams and assigner); "
+            "pass tuned, default, or that file."
+        )
+    mismatches = [
+        (option, given, tuned)
+        for option, given, tuned in (
+            ("--env", args.env, best.get("env")),
+            ("-k", args.k, best.get("k")),
+            ("--assigner", args.assigner, best.get("assigner")),
+            ("--algo", args.algo, best.get("algo", "ppo")),
+        )
+        if given is not None and tuned is not None and str(given) != str(tuned)
+    ]
+    if mismatches:
+        option, given, tuned = mismatches[0]
+        raise UsageError(
+            f"--hyperparams {path} was tuned for {option} {tuned}, not {given}: pass {option} {tuned}, or "
+            "tune again for this setting."
+        )
+    return best
+
+
+def algorithm_or_usage_error(algo: str) -> type[RMDPAlgorithm]:
+    """The algorithm called ``algo``; sb3-contrib's missing becomes a one-line error naming the extra."""
+    from sb3_rmdp.algorithms import algorithm_class
+
+    try:
+        return algorithm_class(algo)
+    except (ImportError, ValueError) as error:
+        raise UsageError(str(error)) from None
+
+
+def _default_save_name(args: argparse.Namespace, assigner: str) -> str:
     env_name = args.env.split("/")[-1].split(":")[-1]
-    return f"{env_name}_k{args.k}_{args.assigner}_seed{args.seed}.zip"
+    algo = "" if args.algo in (None, "ppo") else f"{args.algo}_"
+    return f"{env_name}_{algo}k{args.k}_{assigner}_seed{args.seed}.zip"
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -761,7 +945,8 @@ def export_command(args: argparse.Namespace) -> int:
     path = export_representative(model, args.j, args.out)
     agents = np.flatnonzero(model.assignment() == args.j)
     print(f"Representative {args.j} (serves agents {compact_indices(agents)}) written to {path}")
-    print(f"Load it anywhere with: stable_baselines3.PPO.load({str(path)!r})")
+    base = model.export_arguments(1.0)[0]
+    print(f"Load it anywhere with: {base.__module__.split('.')[0]}.{base.__name__}.load({str(path)!r})")
     if args.dossier:
         env_kwargs = parse_key_values(args.env_kwargs, "--env-kwargs")
         vec_env = evaluation_env(model, args.env, env_kwargs)

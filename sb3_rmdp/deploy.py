@@ -78,6 +78,7 @@ def select_representative(
     n_episodes: int = 3,
     deterministic: bool = True,
     seed: int | None = 0,
+    agent: int | None = None,
 ) -> tuple[int, np.ndarray]:
     """Few-shot selection: run every representative in the new agent's env and keep the best.
 
@@ -86,39 +87,60 @@ def select_representative(
 
     :param model: a trained model of the package (anything with ``k`` and
         ``predict(obs, representative=j, deterministic=...)``).
-    :param env: the new agent's env: an r-MDP with one agent (reward vector of shape ``(1,)``), e.g. a
-        velocity population with ``targets=[v_new]``, or a scalar-reward env wrapped in
-        :class:`~sb3_rmdp.envs.SingleAgentRMDP`. Its observations must look like the model's training
+    :param env: the new agent's env, any of: a scalar-reward env whose reward is the new agent's; an
+        r-MDP with one agent (e.g. a velocity population with ``targets=[v_new]``); or an r-MDP of
+        several agents with ``agent`` the new agent's index in it (e.g. your own env built with the new
+        agent's params among the others). Its observations must look like the model's training
         observations (apply the same normalization).
     :param n_episodes: episodes per representative.
     :param deterministic: act with the mode of each representative's distribution.
     :param seed: seed of the first episode's reset (``None``: unseeded resets).
+    :param agent: which entry of an r-MDP's reward vector is the new agent's (needed with several).
     :return: the best representative ``j`` and the mean returns ``(k,)`` of all of them.
-    :raises ValueError: if ``env`` is not an r-MDP with exactly one agent, or ``n_episodes < 1``.
+    :raises ValueError: for an r-MDP of several agents without ``agent`` (or with one out of range), or
+        ``n_episodes < 1``.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes={n_episodes}: run at least one episode per representative.")
-    n_agents = n_agents_of(env)
-    if n_agents != 1:
-        raise ValueError(
-            f"select_representative needs the new agent's env, an r-MDP with one agent; this one has "
-            f"{n_agents}. Build a population of the new agent alone (e.g. VelocityPopulation(env, b, "
-            "targets=[v_new])) or wrap a scalar-reward env in sb3_rmdp.envs.SingleAgentRMDP."
-        )
+    column = _reward_column(env, agent)
     returns = np.zeros(int(model.k))
     for j in range(len(returns)):
         for episode in range(n_episodes):
             returns[j] += _episode_return(
-                model, env, j, deterministic, None if seed is None else seed + episode
+                model, env, j, deterministic, None if seed is None else seed + episode, column
             )
     returns /= n_episodes
     return int(returns.argmax()), returns
 
 
+def _reward_column(env: gym.Env, agent: int | None) -> int | None:
+    """The entry of the env's reward vector that is the new agent's (``None``: a scalar reward)."""
+    try:
+        n_agents = n_agents_of(env)
+    except ValueError:  # no reward_space: a scalar-reward env, the new agent's own
+        if agent not in (None, 0):
+            raise ValueError(
+                f"agent={agent}: this env has a scalar reward (one agent): leave agent out."
+            ) from None
+        return None
+    if agent is None:
+        if n_agents != 1:
+            raise ValueError(
+                f"select_representative needs the new agent's reward, and this r-MDP has {n_agents} agents: "
+                "pass agent=i, the new agent's index in its reward vector (or give the new agent's own "
+                "scalar-reward env, or an r-MDP with one agent, the new agent alone, e.g. "
+                "VelocityPopulation(env, b, targets=[v_new]))."
+            )
+        return 0
+    if int(agent) != agent or not 0 <= agent < n_agents:
+        raise ValueError(f"agent={agent}: this r-MDP has {n_agents} agents, 0 <= agent < {n_agents}.")
+    return int(agent)
+
+
 def _episode_return(
-    model: Any, env: gym.Env, representative: int, deterministic: bool, seed: int | None
+    model: Any, env: gym.Env, representative: int, deterministic: bool, seed: int | None, column: int | None
 ) -> float:
-    """Undiscounted return of one episode of ``representative`` in a one-agent r-MDP."""
+    """Undiscounted return of one episode of ``representative``: the reward's ``column`` (or the scalar)."""
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
     state, episode_start = None, np.ones(1, dtype=bool)
@@ -126,6 +148,6 @@ def _episode_return(
         action, state = act(model, obs, env, state, episode_start, deterministic, representative)
         obs, reward, terminated, truncated, _ = env.step(action)
         episode_start = np.zeros(1, dtype=bool)
-        total += float(np.asarray(reward, dtype=np.float64).reshape(-1)[0])
+        total += float(np.asarray(reward, dtype=np.float64).reshape(-1)[column or 0])
         done = bool(terminated or truncated)
     return total

@@ -2,7 +2,7 @@
 
 In the spirit of rl-zoo3's ``--optimize``: a TPE sampler, a median pruner fed by evaluations during
 training, and a study kept in a database so that any number of workers, on one machine or many, share
-it. Each trial trains an :class:`~sb3_rmdp.RMDPPPO` with hyperparameters drawn by
+it. Each trial trains an :class:`~sb3_rmdp.RMDPPPO` (or ``algo``'s model) with hyperparameters drawn by
 :func:`sample_rmdp_params` (PPO's and the assigner's), evaluates every representative for every agent
 with real episodes (:func:`~sb3_rmdp.welfare.evaluate_agent_returns`) and scores the utilitarian welfare
 of the deployed hard assignment ``model.assignment()``.
@@ -49,11 +49,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
+from sb3_rmdp.algorithms import ALGORITHMS, algorithm_class, default_policy
 from sb3_rmdp.assigners import ASSIGNERS
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
+from sb3_rmdp.core import RMDPAlgorithm
 from sb3_rmdp.envs import make_rmdp_vec_env
 from sb3_rmdp.files import output_problem, write_text
-from sb3_rmdp.ppo import RMDPPPO
 from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, utilitarian_welfare
 
 #: where studies live unless ``--storage`` says otherwise: a file in the working directory
@@ -63,7 +64,7 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 #: the trial states that hold (or will hold) a place among the ``n_trials``
 _PLACE_STATES = (*FINISHED_STATES, TrialState.RUNNING, TrialState.WAITING)
 #: study user attributes that every worker of a study must agree on
-_STUDY_SETTINGS = ("env", "k", "assigner", "n_timesteps", "n_evaluations")
+_STUDY_SETTINGS = ("env", "k", "assigner", "n_timesteps", "n_evaluations", "algo")
 
 _CREATION_ATTEMPTS = 5
 
@@ -88,6 +89,23 @@ def sample_ppo_params(trial: Trial) -> dict[str, Any]:
         "gae_lambda": trial.suggest_categorical("gae_lambda", [0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0]),
         "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
         "clip_range": trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3, 0.4]),
+        "policy_kwargs": {"net_arch": [width, width]},
+    }
+
+
+def sample_a2c_params(trial: Trial) -> dict[str, Any]:
+    """A2C's hyperparameters (ranges after rl-zoo3's ``sample_a2c_params``).
+
+    :return: ``RMDPA2C`` keyword arguments.
+    """
+    width = trial.suggest_categorical("net_width", [32, 64, 128, 256])
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "n_steps": trial.suggest_categorical("n_steps", [5, 8, 16, 32, 64, 128, 256]),
+        "gamma": trial.suggest_categorical("gamma", [0.95, 0.98, 0.99, 0.995, 0.999, 1.0]),
+        "gae_lambda": trial.suggest_categorical("gae_lambda", [0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0]),
+        "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
+        "normalize_advantage": trial.suggest_categorical("normalize_advantage", [False, True]),
         "policy_kwargs": {"net_arch": [width, width]},
     }
 
@@ -133,6 +151,17 @@ def sample_rmdp_params(trial: Trial, assigner_name: str) -> dict[str, Any]:
     return {**sample_ppo_params(trial), "assigner_kwargs": sample_assigner_params(trial, assigner_name)}
 
 
+def sample_a2c_rmdp_params(trial: Trial, assigner_name: str) -> dict[str, Any]:
+    """The default search space of ``--algo a2c``: A2C's hyperparameters and the assigner's."""
+    return {**sample_a2c_params(trial), "assigner_kwargs": sample_assigner_params(trial, assigner_name)}
+
+
+def default_search_space(algo: str) -> SampleParams:
+    """The search space of an algorithm (a key of :data:`sb3_rmdp.algorithms.ALGORITHMS`): A2C's for
+    ``"a2c"``, PPO's (:func:`sample_rmdp_params`) for the PPO family."""
+    return sample_a2c_rmdp_params if algo == "a2c" else sample_rmdp_params
+
+
 def model_kwargs(params: dict[str, Any], assigner_name: str, k: int) -> dict[str, Any]:
     """``RMDPPPO`` keyword arguments from sampled (or saved) hyperparameters.
 
@@ -159,7 +188,9 @@ def load_best_params(path: str | Path) -> dict[str, Any]:
     """``RMDPPPO`` keyword arguments from a best-parameters file written by :func:`tune_main` (``--out``).
 
     ``RMDPPPO("MlpPolicy", env_id, **load_best_params("best.json"))`` trains with the tuned
-    hyperparameters, the tuned assigner and ``k``; the file also names the env (``"env"``).
+    hyperparameters, the tuned assigner and ``k``; the file also names the env (``"env"``) and the
+    algorithm (``"algo"``, :func:`sb3_rmdp.algorithm_class` gives its class). ``sb3-rmdp train
+    --hyperparams best.json`` reads the file too.
 
     :param path: the JSON file.
     :return: keyword arguments, ``k`` and a fresh ``assigner`` included.
@@ -206,7 +237,7 @@ class TrialEvalCallback(BaseCallback):
 
         :return: the utilitarian welfare (possibly not finite: see :attr:`diverged`).
         """
-        assert isinstance(self.model, RMDPPPO)
+        assert isinstance(self.model, RMDPAlgorithm)
         sync_envs_normalization(self.training_env, self.eval_env)  # VecNormalize's statistics, if any
         table = evaluate_agent_returns(self.model, self.eval_env, self.n_eval_episodes)
         assignment = self.model.assignment()
@@ -254,10 +285,11 @@ def make_objective(
     env_kwargs: dict[str, Any] | None = None,
     assigner_kwargs: dict[str, Any] | None = None,
     device: str = "auto",
-    sample_params: SampleParams = sample_rmdp_params,
+    sample_params: SampleParams | None = None,
     normalize_observations: bool = False,
+    algo: str = "ppo",
 ) -> Callable[[Trial], float]:
-    """The objective of a study: train one ``RMDPPPO``, return the evaluated welfare of its assignment.
+    """The objective of a study: train one model, return the evaluated welfare of its assignment.
 
     Evaluations every ``n_timesteps / n_evaluations`` steps are reported for pruning, the last one after
     training ends (it is the trial's value). A trial whose training raises on NaN/infinite numbers, or
@@ -271,10 +303,16 @@ def make_objective(
     :param env_id: an r-MDP env id, e.g. ``"sb3_rmdp/ResourceGathering-v0"``.
     :param env_kwargs: fixed keyword arguments of the env (the search space may add to them).
     :param assigner_kwargs: fixed keyword arguments of the assigner; they override sampled ones.
-    :param sample_params: the search space, see :func:`sample_rmdp_params`.
+    :param sample_params: the search space, see :func:`sample_rmdp_params` (default: the algorithm's,
+        :func:`default_search_space`).
     :param normalize_observations: train on SB3's ``VecNormalize`` (observations only, as rl-zoo does for
         MuJoCo); every evaluation reads the training statistics, frozen.
+    :param algo: the algorithm (``"ppo"``, ``"a2c"``, ``"maskable_ppo"``, ``"recurrent_ppo"``), with the
+        policy alias that fits the env's observations.
     """
+    algorithm = algorithm_class(algo)
+    if sample_params is None:
+        sample_params = default_search_space(algo)
     if n_evaluations < 1:
         raise ValueError(f"n_evaluations={n_evaluations}: evaluate at least once (the trial's value).")
     if assigner not in ASSIGNERS:
@@ -282,7 +320,7 @@ def make_objective(
     if (
         assigner == "coverage"
         and "epsilon" not in (assigner_kwargs or {})
-        and sample_params is sample_rmdp_params
+        and sample_params in (sample_rmdp_params, sample_a2c_rmdp_params)
     ):
         raise ValueError(
             "The coverage assigner needs its cover radius, in the units of the env's agent params: fix it "
@@ -301,20 +339,17 @@ def make_objective(
         trial.set_user_attr(
             "hyperparams", {**hyperparams, "assigner_kwargs": params.get("assigner_kwargs", {})}
         )
+        train_env = make_rmdp_vec_env(
+            env_id,
+            n_envs=kwargs.pop("n_envs", None) or k,
+            seed=seed,
+            env_kwargs=kwargs.pop("env_kwargs", None),
+        )
         if normalize_observations:
-            train_env = make_rmdp_vec_env(
-                env_id, n_envs=kwargs.pop("n_envs", None) or k, seed=seed, env_kwargs=kwargs.get("env_kwargs")
-            )
-            model = RMDPPPO(
-                "MlpPolicy",
-                VecNormalize(train_env, norm_obs=True, norm_reward=False),
-                seed=seed,
-                device=device,
-                **{key: value for key, value in kwargs.items() if key != "env_kwargs"},
-            )
-        else:
-            model = RMDPPPO("MlpPolicy", env_id, seed=seed, device=device, **kwargs)
-        eval_env = make_rmdp_vec_env(env_id, n_envs=1, seed=seed, env_kwargs=kwargs.get("env_kwargs"))
+            train_env = VecNormalize(train_env, norm_obs=True, norm_reward=False)
+        policy = default_policy(algorithm, train_env.observation_space)
+        model = algorithm(policy, train_env, seed=seed, device=device, **kwargs)
+        eval_env = make_rmdp_vec_env(env_id, n_envs=1, seed=seed, env_kwargs=params.get("env_kwargs"))
         if normalize_observations:
             eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
         callback = TrialEvalCallback(
@@ -544,13 +579,14 @@ def tune(
     env_kwargs: dict[str, Any] | None = None,
     assigner_kwargs: dict[str, Any] | None = None,
     device: str = "auto",
-    sample_params: SampleParams = sample_rmdp_params,
+    sample_params: SampleParams | None = None,
     heartbeat_interval: int = 60,
     grace_period: int | None = None,
     max_retry: int | None = 3,
     normalize_observations: bool = False,
+    algo: str = "ppo",
 ) -> optuna.Study:
-    """Tune ``RMDPPPO`` on ``env_id`` with policy budget ``k``: run trials until the study has ``n_trials``.
+    """Tune a model on ``env_id`` with policy budget ``k``: run trials until the study has ``n_trials``.
 
     The Python face of ``sb3-rmdp tune`` (see :func:`tune_main` for every option's meaning).
 
@@ -566,6 +602,7 @@ def tune(
         "assigner": assigner,
         "n_timesteps": n_timesteps,
         "n_evaluations": n_evaluations,
+        "algo": algo,
     }
     if normalize_observations:  # (only then: studies created before the option keep their settings)
         settings["normalize_observations"] = True
@@ -590,6 +627,7 @@ def tune(
         device=device,
         sample_params=sample_params,
         normalize_observations=normalize_observations,
+        algo=algo,
     )
     # Polling is a read while others run the last trials; a dead worker is only seen after the grace period.
     poll_interval = (
@@ -609,6 +647,7 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
         "env": study.user_attrs.get("env"),
         "k": study.user_attrs.get("k"),
         "assigner": study.user_attrs.get("assigner"),
+        "algo": study.user_attrs.get("algo", "ppo"),
         "welfare": trial.value,
         "trial": trial.number,
         "study_name": study.study_name,
@@ -628,7 +667,8 @@ examples:
   sb3-rmdp tune --env sb3_rmdp/ResourceGathering-v0 -k 3 --n-trials 200 \\
       --storage postgresql+psycopg2://user:password@dbhost/tuning --study-name rg-k3-em
 
-  # then train with the best hyperparameters (the JSON holds k, the assigner and its settings):
+  # then train with the best hyperparameters (the JSON holds k, the algorithm, the assigner and its
+  # settings): sb3-rmdp train --env sb3_rmdp/ResourceGathering-v0 -k 3 --hyperparams best.json, or
   #   from sb3_rmdp import RMDPPPO
   #   from sb3_rmdp.tuning import load_best_params
   #   model = RMDPPPO("MlpPolicy", "sb3_rmdp/ResourceGathering-v0", **load_best_params("best.json"))
@@ -663,6 +703,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--env", required=True, help="r-MDP env id, e.g. sb3_rmdp/ResourceGathering-v0")
     add("-k", type=_positive_int, required=True, help="policy budget: number of representatives, >= 1")
     add("--assigner", default="em", choices=sorted(ASSIGNERS), help="assigner to tune (default: em)")
+    add("--algo", default="ppo", choices=list(ALGORITHMS), help="algorithm to tune (default: ppo)")
     add(
         "--n-trials",
         type=_positive_int,
@@ -735,7 +776,7 @@ def tune_main(argv: list[str] | None = None) -> int:
         if problem is not None:  # checked before the study runs, not after
             parser.error(f"--out {args.out}: {problem}.")
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
-    sample_params = _load_search_space(args.search_space) if args.search_space else sample_rmdp_params
+    sample_params = _load_search_space(args.search_space) if args.search_space else None
     try:
         study = tune(
             args.env,
@@ -759,6 +800,7 @@ def tune_main(argv: list[str] | None = None) -> int:
             grace_period=args.grace_period,
             max_retry=args.max_retry,
             normalize_observations=args.normalize_observations,
+            algo=args.algo,
         )
     except KeyboardInterrupt:
         print("Interrupted: the study keeps its finished trials; run the command again to resume.")
@@ -777,8 +819,8 @@ def tune_main(argv: list[str] | None = None) -> int:
     print(f"  RMDPPPO hyperparams: {json.dumps(best['hyperparams'])}")
     if args.out is not None:
         write_text(args.out, json.dumps(best, indent=2) + "\n")
-        load = f"sb3_rmdp.tuning.load_best_params({str(args.out)!r})"
-        print(f"Wrote {args.out}; train with RMDPPPO('MlpPolicy', env, **{load})")
+        command = f"sb3-rmdp train --env {args.env} -k {args.k} --hyperparams {args.out}"
+        print(f"Wrote {args.out}; train with: {command}")
     return 0
 
 

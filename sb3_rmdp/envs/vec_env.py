@@ -44,7 +44,8 @@ def make_rmdp_vec_env(
     def make_slot(rank: int) -> Callable[[], gym.Env]:
         def _init() -> gym.Env:
             if isinstance(env, str):
-                slot_env = gym.make(env, **kwargs)
+                # gymnasium's env checker wants scalar rewards: an r-MDP's are vectors (checked below)
+                slot_env = gym.make(env, **{"disable_env_checker": True, **kwargs})
             elif isinstance(env, gym.Env):
                 slot_env = env if rank == 0 else copy.deepcopy(env)
             else:
@@ -91,3 +92,63 @@ def vec_env_agent_params(vec_env: VecEnv) -> np.ndarray | None:
     except AttributeError:
         return None
     return None if params is None else np.asarray(params, dtype=np.float64).reshape(len(params), -1)
+
+
+def resolve_env_spec(spec: str) -> str | Callable[..., gym.Env]:
+    """An env given on a command line: a gymnasium id, ``module:EnvId-v0`` or ``module:factory``.
+
+    ``module:Name`` imports ``module`` (from the current folder first, then the Python path: run from
+    the folder that holds ``module.py``, or add its folder to ``PYTHONPATH``); ``Name`` is then an id
+    the module registers with ``gymnasium.register`` (returned as ``module:Name``, which ``gym.make``
+    reads), or else an env class or function of the module (returned itself).
+
+    :raises ValueError: naming the module or the name when the module cannot be imported (with the
+        import's own error in one line) or does not define ``Name``.
+    """
+    module_name, sep, name = spec.partition(":")
+    if not sep:
+        return spec
+    if not module_name or not name:
+        raise ValueError(f"--env {spec!r}: write module:EnvId-v0 or module:make_env (both parts).")
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a console script's path starts at its own folder, not here
+    before = set(gym.registry)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            raise ValueError(
+                f"cannot import the module {module_name!r} of --env {spec} ({error}): run from the folder "
+                f"that holds {module_name.replace('.', '/')}.py, or add that folder to PYTHONPATH."
+            ) from None
+        raise ValueError(
+            f"importing {module_name} for --env {spec} failed: it needs {error.name!r}, which is not "
+            "installed."
+        ) from None
+    except Exception as error:  # the user's module raised while importing
+        where = ""
+        if isinstance(error, SyntaxError) and error.lineno is not None:
+            where = f" ({error.filename}, line {error.lineno})"
+        raise ValueError(
+            f"importing {module_name} for --env {spec} raised {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}{where}; fix the module."
+        ) from None
+    if name in gym.registry:
+        return spec
+    factory = getattr(module, name, None)
+    if callable(factory):
+        return factory
+    registered = sorted(set(gym.registry) - before) or sorted(
+        env_id
+        for env_id, env_spec in gym.registry.items()
+        if str(env_spec.entry_point).startswith(module_name)
+    )
+    listed = f"it registers {', '.join(registered)}" if registered else "it registers no env id"
+    raise ValueError(
+        f"--env {spec}: {module_name} has no env id or env factory {name!r} ({listed}): register it with "
+        f"gymnasium.register(id={name!r}, entry_point=...) in {module_name}, or name an env class there."
+    )
