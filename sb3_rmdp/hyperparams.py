@@ -29,6 +29,8 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
         "assigner_kwargs": {"mixing": 0.05, "warm_start_updates": 10},
     },
 }
+# The masked variant has the same task: the same settings (for RMDPMaskablePPO).
+HYPERPARAMS["sb3_rmdp/MaskedResourceGathering-v0"] = HYPERPARAMS["sb3_rmdp/ResourceGathering-v0"]
 
 
 def hyperparams_for(env_id: str) -> dict[str, Any]:

@@ -70,6 +70,31 @@ CASES: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["# Representative 0 of 3", "actions identical to model.predict(obs, representative=0): True"],
         ["representative_0.zip", "representative_0.json", "representative_0.md", "model.zip"],
     ),
+    "own_env.py": (
+        ["--timesteps", "1536", "--n-steps", "256"],
+        [
+            "        em: welfare",
+            "     fixed: welfare",
+            "sb3-rmdp train --env own_env:Delivery-v0 exited with 0",
+            "PPO.load acts as it does: True",
+        ],
+        ["em.zip", "cli.zip", "representative_0.zip", "assigners.csv"],
+    ),
+    "masked_recommendation.py": (
+        ["--timesteps", "1536", "--n-steps", "128"],
+        ["k=3: welfare", "out-of-stock recommendations in training: 0", "welfare gain of k=3 over one"],
+        ["masked_k1.zip", "masked_k3.zip"],
+    ),
+    "dict_population.py": (
+        ["--timesteps", "1024", "--n-steps", "128"],
+        ["k=4: welfare", "welfare gain of k=4 over one policy"],
+        ["dict_k1.zip", "dict_k4.zip"],
+    ),
+    "partially_observed.py": (
+        ["--timesteps", "768", "--n-steps", "64"],
+        ["LSTM k=3: welfare", "MLP k=3 (no memory): welfare", "memory is worth"],
+        ["lstm_k1.zip", "lstm_k3.zip"],
+    ),
     "save_resume.py": (
         ["--timesteps", "1536"],
         ["identical policy parameters: True", "identical EM Q-table: True", "identical assignment: True"],

@@ -16,6 +16,7 @@ from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, make_rmdp_vec_env
 # Reward vectors are the contract: gymnasium's passive checker (scalar rewards) does not apply.
 _ENVS = {
     "sb3_rmdp/ResourceGathering-v0": "sb3_rmdp.envs.resource_gathering:ResourceGathering",
+    "sb3_rmdp/MaskedResourceGathering-v0": "sb3_rmdp.envs.resource_gathering:MaskedResourceGathering",
     "sb3_rmdp/HalfCheetahVelocity-v0": "sb3_rmdp.envs.velocity:half_cheetah_velocity",
     "sb3_rmdp/AntVelocity-v0": "sb3_rmdp.envs.velocity:ant_velocity",
     "sb3_rmdp/HopperVelocity-v0": "sb3_rmdp.envs.velocity:hopper_velocity",

@@ -150,6 +150,20 @@ class ResourceGathering(gym.Env[np.ndarray, np.int64]):
         return "\n".join(lines) + "\n"
 
 
+class MaskedResourceGathering(ResourceGathering):
+    """:class:`ResourceGathering` with invalid action masking: moves off the grid are masked.
+
+    ``action_masks()`` returns ``(4,)`` booleans (True: the move stays on the grid), the method
+    sb3-contrib's ``MaskablePPO`` and :class:`~sb3_rmdp.ppo_mask.RMDPMaskablePPO` read. The dynamics,
+    rewards and optimal welfare are those of the unmasked task; a bump into a wall (a wasted step) is
+    what the masks rule out. Registered as ``sb3_rmdp/MaskedResourceGathering-v0``.
+    """
+
+    def action_masks(self) -> np.ndarray:
+        """``(4,)`` bool: up, down, left, right, True where the move stays on the grid."""
+        return np.array([self._row > 0, self._row < self.size - 1, self._col > 0, self._col < self.size - 1])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Exact optimal welfare of k deterministic policies
 # ---------------------------------------------------------------------------------------------------
