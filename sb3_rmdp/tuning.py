@@ -54,6 +54,7 @@ from sb3_rmdp.assigners import ASSIGNERS
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.core import RMDPAlgorithm
 from sb3_rmdp.envs import make_rmdp_vec_env
+from sb3_rmdp.envs.vec_env import resolve_env_spec
 from sb3_rmdp.files import output_problem, write_text
 from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, utilitarian_welfare
 
@@ -300,7 +301,8 @@ def make_objective(
     user attributes hold the ``hyperparams`` it trained with (``batch_size`` adjusted, JSON-ready, the
     format of :data:`sb3_rmdp.hyperparams.HYPERPARAMS`) and its ``egalitarian_welfare``.
 
-    :param env_id: an r-MDP env id, e.g. ``"sb3_rmdp/ResourceGathering-v0"``.
+    :param env_id: an r-MDP env id, e.g. ``"sb3_rmdp/ResourceGathering-v0"``, or ``module:EnvId-v0`` /
+        ``module:MyEnv`` for an env of the user's module (see ``sb3-rmdp train --env``).
     :param env_kwargs: fixed keyword arguments of the env (the search space may add to them).
     :param assigner_kwargs: fixed keyword arguments of the assigner; they override sampled ones.
     :param sample_params: the search space, see :func:`sample_rmdp_params` (default: the algorithm's,
@@ -311,6 +313,7 @@ def make_objective(
         policy alias that fits the env's observations.
     """
     algorithm = algorithm_class(algo)
+    env = resolve_env_spec(env_id)  # a registered id, or an env of the user's module ("module:Name")
     if sample_params is None:
         sample_params = default_search_space(algo)
     if n_evaluations < 1:
@@ -349,7 +352,7 @@ def make_objective(
             train_env = VecNormalize(train_env, norm_obs=True, norm_reward=False)
         policy = default_policy(algorithm, train_env.observation_space)
         model = algorithm(policy, train_env, seed=seed, device=device, **kwargs)
-        eval_env = make_rmdp_vec_env(env_id, n_envs=1, seed=seed, env_kwargs=params.get("env_kwargs"))
+        eval_env = make_rmdp_vec_env(env, n_envs=1, seed=seed, env_kwargs=params.get("env_kwargs"))
         if normalize_observations:
             eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
         callback = TrialEvalCallback(

@@ -217,3 +217,29 @@ def test_the_console_script_imports_the_module_from_the_working_folder(
     result = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert textwrap.dedent("Model saved to m.zip") in result.stdout
+
+
+def test_tune_then_train_with_what_it_wrote(user_module: str, tmp_path: Path) -> None:
+    from sb3_rmdp.tuning import tune_main
+
+    spec = f"{user_module}:{user_module}/Corridor-v0"
+    tuned = ["--env", spec, "-k", "2", "--algo", "a2c", "--n-trials", "2", "--n-timesteps", "64"]
+    tuned += ["--n-evaluations", "1", "--n-eval-episodes", "1", "--storage", ":memory:", "--verbose", "0"]
+    assert tune_main([*tuned, "--out", str(tmp_path / "best.json")]) == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["algo"] == "a2c" and "batch_size" not in best["hyperparams"]  # A2C's own search space
+    argv = ["train", "--env", spec, "-k", "2", "--hyperparams", str(tmp_path / "best.json")]
+    assert main([*argv, "--timesteps", "64", "--no-progress-bar", "--save", str(tmp_path / "m.zip")]) == 0
+    model = load_model(tmp_path / "m.zip")
+    assert type(model).__name__ == "RMDPA2C" and model.n_steps == best["hyperparams"]["n_steps"]
+
+
+@pytest.mark.parametrize("algo", ["a2c", "maskable_ppo", "recurrent_ppo"])
+def test_tensorboard_logs_of_every_algorithm(algo: str, user_module: str, tmp_path: Path) -> None:
+    env = "MaskedCorridor-v0" if algo == "maskable_ppo" else "Corridor-v0"
+    spec = f"{user_module}:{user_module}/{env}"
+    extra = [] if algo == "a2c" else ["--batch-size", "32"]
+    argv = ["train", "--env", spec, "-k", "2", "--algo", algo, *SMALL, *extra, "--eval-episodes", "0"]
+    assert main([*argv, "--tensorboard-log", str(tmp_path / "runs"), "--save", str(tmp_path / "m.zip")]) == 0
+    events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
