@@ -1,6 +1,7 @@
-"""Throughput of RMDPPPO against stock SB3 PPO: env steps per second and peak memory, side by side.
+"""Throughput of the r-MDP algorithms against their bases: env steps per second and peak memory.
 
-For every configuration both algorithms train on the same r-MDP env (SB3's PPO sees the agents'
+For every configuration an algorithm of the package (``algo``: RMDPPPO, RMDPA2C, RMDPMaskablePPO or
+RMDPRecurrentPPO) and its SB3 / sb3-contrib base train on the same r-MDP env (the base sees the agents'
 mean reward), with the same number of env slots, network, ``n_steps``, minibatch size, epochs and
 budget. Each run is its own process (so its peak RSS, ``VmHWM``, is its own), with one torch thread;
 runs of the two algorithms alternate, and the figures are medians over ``--repeats``.
@@ -14,6 +15,8 @@ steps per second on the batched VecEnv to the ``DummyVecEnv`` (the transitions a
     python benchmarks/throughput.py                       # the default grid (about 20 min on 2 cores)
     python benchmarks/throughput.py --quick               # a smoke run
     python benchmarks/throughput.py --configs hc-100-5    # one configuration
+    python benchmarks/throughput.py --configs a2c-hc-1-1 a2c-hc-100-5 mask-1-1 mask-100-5 lstm-hc-1-1 \
+        lstm-hc-100-5 --out benchmarks/results/throughput_algorithms   # the other algorithms
 
 Writes ``benchmarks/results/throughput.{csv,json,png}``.
 """
@@ -58,6 +61,8 @@ class Config:
     n_epochs: int = 10
     #: runs per algorithm (``None``: ``--repeats``)
     repeats: int | None = None
+    #: the package's algorithm (a key of ``sb3_rmdp.ALGORITHMS``), against its base (:data:`BASES`)
+    algo: str = "ppo"
 
     @property
     def budget(self) -> int:
@@ -66,6 +71,10 @@ class Config:
 
 HC = "sb3_rmdp/HalfCheetahVelocity-v0"
 RG = "sb3_rmdp/ResourceGathering-v0"
+MRG = "sb3_rmdp/MaskedResourceGathering-v0"  # 100 agents with size=10
+MASKED_CARTPOLE = "CartPole-v1+mask"  # one agent, every action valid: masking's own cost
+BASES = {"ppo": "stable_baselines3:PPO", "a2c": "stable_baselines3:A2C"}
+BASES.update(maskable_ppo="sb3_contrib:MaskablePPO", recurrent_ppo="sb3_contrib:RecurrentPPO")
 CONFIGS = [
     Config("hc-1-1", HC, 1, 1, 4, 1024),
     Config("hc-100-1", HC, 100, 1, 4, 1024),
@@ -78,6 +87,13 @@ CONFIGS = [
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
     # the memory target: 2048 steps per slot, 102,400 transitions x 1000 agents per rollout
     Config("hc-1000-50-mem", HC, 1000, 50, 50, 2048, rollouts=1, n_epochs=1, repeats=1),
+    # the other algorithms, n = k = 1 and n = 100, k = 5 (LSTMs of 64 units: sb3-contrib's 256 is slow)
+    Config("a2c-hc-1-1", HC, 1, 1, 4, 64, rollouts=30, algo="a2c"),
+    Config("a2c-hc-100-5", HC, 100, 5, 5, 64, rollouts=30, algo="a2c"),
+    Config("mask-1-1", MASKED_CARTPOLE, 1, 1, 4, 512, algo="maskable_ppo"),
+    Config("mask-100-5", MRG, 100, 5, 5, 512, algo="maskable_ppo"),
+    Config("lstm-hc-1-1", HC, 1, 1, 4, 256, rollouts=2, algo="recurrent_ppo"),
+    Config("lstm-hc-100-5", HC, 100, 5, 5, 256, rollouts=2, algo="recurrent_ppo"),
 ]
 #: algorithms of a run: RMDPPPO, SB3's PPO, and RMDPPPO on a DummyVecEnv for a batched configuration
 ALGORITHMS = ("rmdp", "sb3", "rmdp-dummy")
@@ -93,25 +109,43 @@ def make_vec_env(config: Config, seed: int, vec_env: str | None = None) -> Any:
         batched = ResourceGatheringVec(config.n_envs)
         batched.seed(seed)
         return batched
-    env_kwargs = {} if config.env == RG else {"n_agents": config.n_agents, "seed": seed}
+    if config.env == MASKED_CARTPOLE:
+        import gymnasium as gym
+        import numpy as np
+        from sb3_contrib.common.wrappers import ActionMasker
+
+        from sb3_rmdp.envs import SingleAgentRMDP
+
+        def masked() -> Any:
+            return ActionMasker(SingleAgentRMDP(gym.make("CartPole-v1")), lambda env: np.ones(2, dtype=bool))
+
+        return make_rmdp_vec_env(masked, n_envs=config.n_envs, seed=seed)
+    grid = {"size": round(config.n_agents**0.5)} if config.n_agents != 25 else {}
+    env_kwargs = grid if config.env in (RG, MRG) else {"n_agents": config.n_agents, "seed": seed}
     return make_rmdp_vec_env(config.env, n_envs=config.n_envs, seed=seed, env_kwargs=env_kwargs)
 
 
 def build_model(config: Config, algorithm: str, seed: int) -> Any:
-    """The configuration's model for ``algorithm`` (one of :data:`ALGORITHMS`), on CPU."""
-    from stable_baselines3 import PPO
+    """The configuration's model for ``algorithm`` (one of :data:`ALGORITHMS`; ``"sb3"`` is the base of
+    ``config.algo``), on CPU."""
+    import importlib
 
-    from sb3_rmdp import RMDPPPO
+    from sb3_rmdp import algorithm_class
 
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose from {ALGORITHMS}")
     vec_env = make_vec_env(config, seed, "dummy" if algorithm == "rmdp-dummy" else None)
-    common: dict[str, Any] = dict(
-        n_steps=config.n_steps, batch_size=64, n_epochs=config.n_epochs, seed=seed, device="cpu"
-    )
+    common: dict[str, Any] = dict(n_steps=config.n_steps, seed=seed, device="cpu")
+    if config.algo != "a2c":  # A2C: one gradient step on each whole rollout
+        common.update(batch_size=64, n_epochs=config.n_epochs)
+    recurrent = config.algo == "recurrent_ppo"
+    policy, policy_kwargs = ("MlpLstmPolicy", {"lstm_hidden_size": 64}) if recurrent else ("MlpPolicy", {})
     if algorithm == "sb3":
-        return PPO("MlpPolicy", vec_env, **common)
-    return RMDPPPO("MlpPolicy", vec_env, k=config.k, policy_kwargs={"critic": config.critic}, **common)
+        module, name = BASES[config.algo].split(":")
+        base = getattr(importlib.import_module(module), name)
+        return base(policy, vec_env, policy_kwargs=policy_kwargs, **common)
+    policy_kwargs["critic"] = config.critic
+    return algorithm_class(config.algo)(policy, vec_env, k=config.k, policy_kwargs=policy_kwargs, **common)
 
 
 def peak_rss_mb() -> float:
@@ -170,15 +204,15 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     x = range(len(rows))
-    left.bar([i - 0.2 for i in x], [float(r["steps_per_s_sb3"]) for r in rows], 0.4, label="SB3 PPO")  # type: ignore[arg-type]
-    left.bar([i + 0.2 for i in x], [float(r["steps_per_s_rmdp"]) for r in rows], 0.4, label="RMDPPPO")  # type: ignore[arg-type]
+    left.bar([i - 0.2 for i in x], [float(r["steps_per_s_sb3"]) for r in rows], 0.4, label="base")  # type: ignore[arg-type]
+    left.bar([i + 0.2 for i in x], [float(r["steps_per_s_rmdp"]) for r in rows], 0.4, label="sb3-rmdp")  # type: ignore[arg-type]
     left.set_xticks(list(x), names, fontsize=7)
     left.set_ylabel("env steps / s (median)")
     left.legend()
     right.bar(list(x), [float(r["ratio"]) for r in rows], color="tab:green")  # type: ignore[arg-type]
     right.axhline(1.0, color="k", lw=0.8)
     right.set_xticks(list(x), names, fontsize=7)
-    right.set_ylabel("RMDPPPO / SB3 PPO steps per second")
+    right.set_ylabel("sb3-rmdp / base steps per second")
     fig.suptitle("Throughput, one torch thread, same env slots, network and budget")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -222,6 +256,7 @@ def main() -> None:
         speedups = [r["steps_per_s"] / d["steps_per_s"] for r, d in zip(runs["rmdp"], dummy_runs)]
         row = {
             "config": name,
+            "algo": config.algo,
             "env": config.env,
             "n_agents": config.n_agents,
             "k": config.k,
@@ -253,7 +288,8 @@ def main() -> None:
         "wall_s": round(time.time() - started, 1),
         "configs": [asdict(by_name[n]) for n in args.configs],
         "notes": "median over repeats; ratio = median of per-repeat ratios "
-        "(RMDPPPO / SB3 PPO steps per second); "
+        "(the package's algorithm / its base's steps per second: RMDPPPO / PPO, RMDPA2C / A2C, "
+        "RMDPMaskablePPO / MaskablePPO, RMDPRecurrentPPO / RecurrentPPO); "
         "peak_rss_mb is RMDPPPO's process peak resident memory (VmHWM of its own process); "
         "vec_speedup (batched configurations only) = median of per-repeat ratios of RMDPPPO's steps "
         "per second on ResourceGatheringVec to RMDPPPO's on a DummyVecEnv of the same env "

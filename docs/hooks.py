@@ -155,19 +155,31 @@ def _escape(text: str) -> str:
 
 def throughput_table(name: str) -> str:
     rows = _rows(name)
+    by_algo = "algo" in rows[0]  # the other algorithms against their bases
+    ours, base = ("sb3-rmdp", "base") if by_algo else ("RMDPPPO", "SB3 PPO")
     lines = [
-        "| config | env | n_agents | k | n_envs | n_steps | RMDPPPO steps/s | SB3 PPO steps/s | ratio "
-        "| peak RSS MB (RMDPPPO / PPO) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| config |{' algorithm (vs base) |' if by_algo else ''} env | n_agents | k | n_envs | n_steps "
+        f"| {ours} steps/s | {base} steps/s | ratio | peak RSS MB ({ours} / {base}) |",
+        f"|---|{'---|' if by_algo else ''}---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         rmdp, sb3, ratio = float(r["steps_per_s_rmdp"]), float(r["steps_per_s_sb3"]), float(r["ratio"])
         rss, rss_sb3 = float(r["peak_rss_mb"]), float(r["peak_rss_mb_sb3"])
+        algo = f" {ALGORITHM_PAIRS.get(r['algo'], r['algo'])} |" if by_algo else ""
         lines.append(
-            f"| {r['config']} | `{r['env']}` | {r['n_agents']} | {r['k']} | {r['n_envs']} | {r['n_steps']} "
-            f"| {rmdp:.0f} | {sb3:.0f} | {ratio:.2f} | {rss:.0f} / {rss_sb3:.0f} |"
+            f"| {r['config']} |{algo} `{r['env']}` | {r['n_agents']} | {r['k']} | {r['n_envs']} "
+            f"| {r['n_steps']} | {rmdp:.0f} | {sb3:.0f} | {ratio:.2f} | {rss:.0f} / {rss_sb3:.0f} |"
         )
     return "\n".join(lines) + f"\n\n*Source: `benchmarks/results/{name}.csv`.*\n"
+
+
+#: how the throughput tables name an algorithm and its base
+ALGORITHM_PAIRS = {
+    "ppo": "RMDPPPO (PPO)",
+    "a2c": "RMDPA2C (A2C)",
+    "maskable_ppo": "RMDPMaskablePPO (MaskablePPO)",
+    "recurrent_ppo": "RMDPRecurrentPPO (RecurrentPPO)",
+}
 
 
 def threads_table() -> str:
