@@ -81,7 +81,7 @@ def test_truncation_is_bootstrapped_per_agent_with_the_collecting_critic() -> No
     spy = Spy()
     original = model.rollout_buffer.add
 
-    def add(obs, action, reward, episode_start, value, log_prob):
+    def add(obs, action, reward, episode_start, value, log_prob, **kwargs):
         if model.rollout_buffer.pos == 199:
             for e, info in enumerate(spy.infos):
                 assert info["TimeLimit.truncated"]
@@ -92,7 +92,7 @@ def test_truncation_is_bootstrapped_per_agent_with_the_collecting_critic() -> No
                 assert np.allclose(reward[e], expected, rtol=0, atol=1e-6)
                 assert not np.allclose(reward[e], info["agent_rewards"])
                 checked.append(e)
-        return original(obs, action, reward, episode_start, value, log_prob)
+        return original(obs, action, reward, episode_start, value, log_prob, **kwargs)
 
     model.rollout_buffer.add = add  # type: ignore[method-assign]
     model.learn(400, callback=spy)
