@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import A2C
@@ -15,6 +16,7 @@ from torch.nn import functional as F
 
 from sb3_rmdp.assigners import Assigner
 from sb3_rmdp.core import RMDPAlgorithm
+from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareSpec
 from sb3_rmdp.policies import (
     MultiRepresentativeCnnPolicy,
     MultiRepresentativeMultiInputPolicy,
@@ -82,9 +84,27 @@ class RMDPA2C(RMDPAlgorithm, A2C):
         device: th.device | str = "auto",
         n_envs: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        welfare: WelfareSpec = "utilitarian",
+        welfare_temperature: float = DEFAULT_TEMPERATURE,
+        outside_values: float | np.ndarray | None = None,
+        c_min: int | None = None,
+        c_max: int | None = None,
         _init_setup_model: bool = True,
     ):
-        env = self._rmdp_init(env, k, assigner, n_envs, env_kwargs, device, use_sde)
+        env = self._rmdp_init(
+            env,
+            k,
+            assigner,
+            n_envs,
+            env_kwargs,
+            device,
+            use_sde,
+            welfare=welfare,
+            welfare_temperature=welfare_temperature,
+            outside_values=outside_values,
+            c_min=c_min,
+            c_max=c_max,
+        )
         super().__init__(
             policy,
             env,  # type: ignore[arg-type]

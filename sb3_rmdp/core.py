@@ -48,6 +48,8 @@ from sb3_rmdp.callbacks import prepare_callbacks, serve_deployed_assignment
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
 from sb3_rmdp.files import atomic_write, with_zip_suffix
+from sb3_rmdp.matching import AssignmentLimits, check_limits
+from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareObjective, WelfareSpec, welfare_objective
 from sb3_rmdp.policies import (
     MultiRepresentativePolicy,
     RepresentativeGroups,
@@ -173,8 +175,16 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         use_sde: bool = False,
         batch_size: int | None = None,
         normalize_advantage: bool = False,
+        welfare: WelfareSpec = "utilitarian",
+        welfare_temperature: float = DEFAULT_TEMPERATURE,
+        outside_values: float | np.ndarray | None = None,
+        c_min: int | None = None,
+        c_max: int | None = None,
     ) -> VecEnv | None:
         """Check the r-MDP arguments and build the env; call before the base's constructor.
+
+        ``welfare`` (with ``welfare_temperature``), ``outside_values``, ``c_min`` and ``c_max`` are the
+        model's :class:`~sb3_rmdp.matching.AssignmentLimits` (see :class:`RMDPAlgorithm`).
 
         :return: the env as an r-MDP VecEnv (``None`` stays ``None``, as in a load).
         :raises ValueError: naming the fix, for each argument that does not fit.
@@ -192,6 +202,10 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             )
         _check_device(device)
         self.assigner = make_assigner(assigner)
+        welfare_objective(welfare, welfare_temperature)  # an unknown objective fails before the env is built
+        self.welfare, self.welfare_temperature = welfare, float(welfare_temperature)
+        self.outside_values = None if outside_values is None else np.asarray(outside_values, dtype=np.float64)
+        self.c_min, self.c_max = c_min, c_max
         self.n_agents = 0
         self.agent_params = None
         if env is None:
@@ -238,7 +252,15 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         self._setup_base_model()
         # Saved with the model: a load rebuilds this layout whatever "auto" resolves to by then.
         self.policy_kwargs["critic"] = self.policy.critic_layout
-        self.assigner.bind(self.n_agents, self.k, self.agent_params, seed=self.seed, device=self.device)
+        self.assignment_limits = self._check_limits()
+        self.assigner.bind(
+            self.n_agents,
+            self.k,
+            self.agent_params,
+            seed=self.seed,
+            device=self.device,
+            limits=self.assignment_limits,
+        )
         if getattr(self, "_slot_index", None) is None or self._slot_index.shape != (self.n_envs,):
             #: ``(n_envs,)`` the representative acting in each slot now (see :meth:`_rotate`)
             self._slot_index = self.rollout_buffer.slot_representatives.copy()
@@ -250,6 +272,30 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             self.n_agents,
         ):
             self._reset_episode_tracking()
+
+    def _check_limits(self) -> AssignmentLimits:
+        """The model's welfare objective, capacities and outside options, checked against the r-MDP."""
+        limits = check_limits(
+            self.n_agents,
+            self.k,
+            getattr(self, "welfare", "utilitarian"),  # files saved before the options existed lack them
+            getattr(self, "welfare_temperature", DEFAULT_TEMPERATURE),
+            getattr(self, "c_min", None),
+            getattr(self, "c_max", None),
+            getattr(self, "outside_values", None),
+        )
+        if limits.constrains and not self.assigner.respects_limits:
+            raise ValueError(
+                f"{type(self.assigner).__name__} cannot respect capacity limits or outside options (it "
+                "learns an unconstrained soft assignment): use assigner='em', 'kmeans' or 'random' with "
+                "c_min, c_max or outside_values, or drop them."
+            )
+        return limits
+
+    @property
+    def welfare_objective(self) -> WelfareObjective:
+        """The objective the M-step follows and the logs and reports name (``welfare=...``)."""
+        return self.assignment_limits.objective
 
     def _default_buffer_class(self, dict_observations: bool) -> type[RMDPRolloutBuffer]:
         """The rollout buffer unless ``rollout_buffer_class`` says otherwise."""
@@ -291,8 +337,13 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         self._set_slot_representatives(index)
 
     def _excluded_save_params(self) -> list[str]:
-        # Rebuilt by `_setup_model`; it holds a tensor on the model's device.
-        return [*super()._excluded_save_params(), "_slot_representatives"]
+        # Rebuilt by `_setup_model` and each update; they hold tensors on the model's device.
+        return [
+            *super()._excluded_save_params(),
+            "_slot_representatives",
+            "assignment_limits",
+            "_agent_weights",
+        ]
 
     # ------------------------------------------------------------------ files
     def save(
@@ -636,12 +687,42 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         :param samples_old_values: whether minibatches need the old values (PPO: only to clip the
             value function); without them their ``(batch, n_agents)`` gather is skipped.
         """
+        self._agent_weights = self._welfare_weights()
         if self._learns_assignment():
             self.rollout_buffer.fix_assignment(None)
         else:
             alpha = self.assigner.weights().detach().cpu().numpy()
+            if self._agent_weights is not None:
+                alpha = alpha * self._agent_weights.cpu().numpy()[:, None]
             self.rollout_buffer.fix_assignment(alpha, normalize=self.normalize_advantage)
         self.rollout_buffer.samples_old_values = samples_old_values
+
+    def _welfare_weights(self) -> th.Tensor | None:
+        """``(n_agents,)`` float32 weights of the agents' advantages in this M-step, or ``None`` (all 1).
+
+        The gradient of the welfare objective at the agents' current values, scaled so that the
+        utilitarian weights are all 1 (:meth:`~sb3_rmdp.objectives.WelfareObjective.agent_weights`): the
+        marginal advantage of representative j becomes ``sum_i alpha[i, j] w_i A^{ij}``. Agent i's value is
+        ``sum_j alpha[i, j] Q[i, j]`` on the assigner's estimate ``Q`` (:meth:`Assigner.value_table`), or
+        its outside value when it opts out. The utilitarian objective, and any objective before every
+        representative has finished an episode, weigh all agents 1: the update is then today's, bit for
+        bit.
+
+        :raises ValueError: for the Nash (or alpha-fair, alpha >= 1) objective once an agent's value is
+            not positive (shift the rewards so that every return is positive).
+        """
+        limits: AssignmentLimits | None = getattr(self, "assignment_limits", None)
+        if limits is None or limits.objective.is_utilitarian:
+            return None
+        table = self.assigner.value_table()
+        if table is None or not np.all(np.isfinite(table)):
+            return None
+        alpha = self.assigner.weights().detach().cpu().numpy().astype(np.float64)
+        values = (alpha * table).sum(axis=1)
+        if limits.outside is not None:
+            values = np.where(alpha.sum(axis=1) > 0, values, limits.outside)
+        weights = limits.objective.agent_weights(values)
+        return th.as_tensor(weights, dtype=th.float32, device=self.device)
 
     def _evaluate_minibatch(
         self, rollout_data: Any, actions: th.Tensor
@@ -675,6 +756,9 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             alpha = self.assigner.weights()
             if not self._learns_assignment():
                 alpha = alpha.detach()
+            weights = getattr(self, "_agent_weights", None)
+            if weights is not None:
+                alpha = alpha * weights[:, None]
             marginal = (th.index_select(alpha.T, 0, representatives) * advantages).sum(dim=1)
         if valid is not None:
             if not self.normalize_advantage:

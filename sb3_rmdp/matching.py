@@ -13,12 +13,15 @@ above, found by bisection over the table's values, then the utilitarian best amo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from sb3_rmdp.objectives import WelfareObjective, welfare_objective
+from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareObjective, welfare_objective
+from sb3_rmdp.welfare import OPT_OUT
 
-#: the assignment of an agent that takes its outside option
-OPT_OUT = -1
+__all__ = ["OPT_OUT", "AssignmentLimits", "best_assignment", "check_capacities"]
 
 
 def check_capacities(n_agents: int, k: int, c_min: int | None, c_max: int | None, outside: bool) -> None:
@@ -193,3 +196,92 @@ def _bottleneck(table: np.ndarray, c_min: int, c_max: int | None, outside: np.nd
         else:
             low, best = middle, found
     return best
+
+
+@dataclass(frozen=True)
+class AssignmentLimits:
+    """What a model asks of every assigner: its welfare objective, capacity limits and outside options.
+
+    The model hands it to its assigner when it binds it (:meth:`~sb3_rmdp.assigners.Assigner.bind`);
+    EM's E-step solves :func:`best_assignment` under it, K-means and random respect the capacities, and
+    every assigner lets an agent take its outside option where no estimate beats it.
+
+    :param welfare: the objective spec (:func:`~sb3_rmdp.objectives.welfare_objective`).
+    :param temperature: the egalitarian smooth minimum's temperature.
+    :param c_min: at least this many agents per representative (``None``: no minimum).
+    :param c_max: at most this many agents per representative (``None``: no maximum).
+    :param outside: ``(n_agents,)`` outside values ``u_i``, or ``None`` (every agent is served).
+    """
+
+    welfare: Any = "utilitarian"
+    temperature: float = DEFAULT_TEMPERATURE
+    c_min: int | None = None
+    c_max: int | None = None
+    outside: np.ndarray | None = None
+
+    @property
+    def objective(self) -> WelfareObjective:
+        """The welfare objective."""
+        return welfare_objective(self.welfare, self.temperature)
+
+    @property
+    def has_capacities(self) -> bool:
+        """Whether some representative has a minimum or maximum number of agents."""
+        return (self.c_min not in (None, 0)) or self.c_max is not None
+
+    @property
+    def constrains(self) -> bool:
+        """Whether the limits change the unconstrained greedy E-step (capacities or outside options)."""
+        return self.has_capacities or self.outside is not None
+
+    def assign(self, table: np.ndarray) -> np.ndarray:
+        """The welfare-maximizing hard assignment of ``table`` ``(n_agents, k)`` under the limits."""
+        return best_assignment(table, self.objective, self.c_min, self.c_max, self.outside)
+
+
+def check_limits(
+    n_agents: int,
+    k: int,
+    welfare: Any = "utilitarian",
+    temperature: float = DEFAULT_TEMPERATURE,
+    c_min: int | None = None,
+    c_max: int | None = None,
+    outside: Any = None,
+) -> AssignmentLimits:
+    """The model's limits, checked: each bad argument fails naming the fix.
+
+    :param outside: a number (the same outside value for every agent) or ``(n_agents,)`` values.
+    :raises ValueError: for an unknown objective, infeasible capacities or outside values of the wrong
+        shape.
+    """
+    if isinstance(welfare, list):  # a tuple read back from a file's JSON
+        welfare = tuple(welfare)
+    welfare_objective(welfare, temperature)  # its own errors
+    outside_values = None
+    if outside is not None:
+        outside_values = np.asarray(outside, dtype=np.float64)
+        if outside_values.ndim == 0:
+            outside_values = np.full(n_agents, float(outside_values))
+        if outside_values.shape != (n_agents,):
+            raise ValueError(
+                f"outside values of shape {outside_values.shape}: give one per agent, ({n_agents},), or one "
+                "number for all."
+            )
+        if not np.all(np.isfinite(outside_values)):
+            raise ValueError("outside values must be finite numbers (a NaN or inf was given).")
+    check_capacities(n_agents, k, c_min, c_max, outside_values is not None)
+    return AssignmentLimits(
+        welfare,
+        float(temperature),
+        None if c_min is None else int(c_min),
+        None if c_max is None else int(c_max),
+        outside_values,
+    )
+
+
+def capacity_assignment(cost: np.ndarray, c_min: int | None, c_max: int | None) -> np.ndarray:
+    """The min-cost hard assignment of ``cost`` ``(n_agents, k)`` with every group's size in limits.
+
+    What K-means uses to respect capacities (cost: each agent's distance to each centroid).
+    """
+    return best_assignment(-np.asarray(cost, dtype=np.float64), "utilitarian", c_min, c_max)

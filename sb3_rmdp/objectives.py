@@ -81,6 +81,10 @@ class WelfareObjective:
         return values
 
 
+#: what ``welfare=`` takes: a name, ``("alpha_fair", alpha)`` or a :class:`WelfareObjective`
+WelfareSpec = str | tuple[str, float] | WelfareObjective
+
+
 def _egalitarian(temperature: float) -> WelfareObjective:
     def gradient(values: np.ndarray) -> np.ndarray:
         # n * softmax(-v / t): the smooth minimum -t log mean exp(-v / t) differentiated, stable
@@ -120,6 +124,8 @@ def welfare_objective(
     """
     if isinstance(spec, WelfareObjective):
         return spec
+    if isinstance(spec, list):  # a tuple read back from JSON (a saved model, a grid file)
+        spec = tuple(spec)
     if isinstance(spec, tuple):
         if len(spec) != 2 or spec[0] != "alpha_fair":
             raise ValueError(

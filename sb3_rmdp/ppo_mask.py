@@ -27,6 +27,7 @@ from sb3_rmdp.maskable import (
     RMDPMaskableDictRolloutBuffer,
     RMDPMaskableRolloutBuffer,
 )
+from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareSpec
 from sb3_rmdp.ppo import ppo_arguments, ppo_update
 
 SelfRMDPMaskablePPO = TypeVar("SelfRMDPMaskablePPO", bound="RMDPMaskablePPO")
@@ -95,10 +96,28 @@ class RMDPMaskablePPO(RMDPAlgorithm, MaskablePPO):
         device: th.device | str = "auto",
         n_envs: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        welfare: WelfareSpec = "utilitarian",
+        welfare_temperature: float = DEFAULT_TEMPERATURE,
+        outside_values: float | np.ndarray | None = None,
+        c_min: int | None = None,
+        c_max: int | None = None,
         _init_setup_model: bool = True,
     ):
         env = self._rmdp_init(
-            env, k, assigner, n_envs, env_kwargs, device, False, batch_size, normalize_advantage
+            env,
+            k,
+            assigner,
+            n_envs,
+            env_kwargs,
+            device,
+            False,
+            batch_size,
+            normalize_advantage,
+            welfare=welfare,
+            welfare_temperature=welfare_temperature,
+            outside_values=outside_values,
+            c_min=c_min,
+            c_max=c_max,
         )
         self._use_masking = True
         super().__init__(

@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_rmdp.assigners import Assigner
 from sb3_rmdp.core import RMDPAlgorithm
+from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareSpec
 from sb3_rmdp.ppo import ppo_arguments, ppo_update
 from sb3_rmdp.recurrent import (
     RecurrentMultiRepresentativeCnnPolicy,
@@ -94,10 +95,28 @@ class RMDPRecurrentPPO(RMDPAlgorithm, RecurrentPPO):
         device: th.device | str = "auto",
         n_envs: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        welfare: WelfareSpec = "utilitarian",
+        welfare_temperature: float = DEFAULT_TEMPERATURE,
+        outside_values: float | np.ndarray | None = None,
+        c_min: int | None = None,
+        c_max: int | None = None,
         _init_setup_model: bool = True,
     ):
         env = self._rmdp_init(
-            env, k, assigner, n_envs, env_kwargs, device, use_sde, batch_size, normalize_advantage
+            env,
+            k,
+            assigner,
+            n_envs,
+            env_kwargs,
+            device,
+            use_sde,
+            batch_size,
+            normalize_advantage,
+            welfare=welfare,
+            welfare_temperature=welfare_temperature,
+            outside_values=outside_values,
+            c_min=c_min,
+            c_max=c_max,
         )
         super().__init__(
             policy,

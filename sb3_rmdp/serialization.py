@@ -31,6 +31,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common import utils as sb3_utils
 
+from sb3_rmdp.assigners.base import UNSAVED_ATTRIBUTES
+
 #: key of a data entry written by this module, and its format version
 MARK = ":rmdp:"
 FORMAT = 1
@@ -42,8 +44,6 @@ _SCHEDULES = tuple(
     for name in ("FloatSchedule", "ConstantSchedule", "LinearSchedule")
     if hasattr(sb3_utils, name)
 )
-# What an `Assigner` does not store: it points back at the model (saved on its own).
-_ASSIGNER_SKIPPED = ("model", "locals", "globals", "parent")
 # The pickled torch part of `Assigner.__getstate__`: data never holds it.
 _ASSIGNER_TORCH_BLOB = "_torch_state"
 _ARRAY_KINDS = "biufcmMSU"  # every dtype but objects and raw records
@@ -170,7 +170,7 @@ def _encode_space(space: spaces.Space) -> dict[str, Any]:
 
 
 def _encode_assigner(assigner: Any) -> dict[str, Any]:
-    state = {key: value for key, value in vars(assigner).items() if key not in _ASSIGNER_SKIPPED}
+    state = {key: value for key, value in vars(assigner).items() if key not in UNSAVED_ATTRIBUTES}
     # An optimizer is stored as its state dict and the names of the attributes it optimizes.
     names = {id(value): key for key, value in state.items() if isinstance(value, th.Tensor)}
     encoded: dict[str, Any] = {}

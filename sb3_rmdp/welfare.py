@@ -17,49 +17,80 @@ if TYPE_CHECKING:
     from sb3_rmdp.core import RMDPAlgorithm
 
 
+#: the hard assignment of an agent that takes its outside option (declines every representative)
+OPT_OUT = -1
+
+
 def _as_weights(assignment: np.ndarray, n_agents: int, k: int) -> np.ndarray:
     array = np.asarray(assignment)
     if array.ndim == 1:
         if array.shape != (n_agents,):
             raise ValueError(f"Hard assignment of shape {array.shape}; expected ({n_agents},).")
+        hard = array.astype(np.int64)
         weights = np.zeros((n_agents, k))
-        weights[np.arange(n_agents), array.astype(np.int64)] = 1.0
+        served = hard != OPT_OUT
+        weights[np.flatnonzero(served), hard[served]] = 1.0
         return weights
     if array.shape != (n_agents, k):
         raise ValueError(f"Assignment of shape {array.shape}; expected ({n_agents},) or ({n_agents}, {k}).")
     return array.astype(np.float64)
 
 
-def agent_welfare(table: np.ndarray, assignment: np.ndarray) -> np.ndarray:
-    """Each agent's expected return ``sum_j alpha[i, j] Q[i, j]``.
+def agent_welfare(table: np.ndarray, assignment: np.ndarray, outside: np.ndarray | None = None) -> np.ndarray:
+    """Each agent's expected return ``sum_j alpha[i, j] Q[i, j]``, or its outside value if it opts out.
 
     :param table: ``(n_agents, k)``.
-    :param assignment: hard ``(n_agents,)`` or soft ``(n_agents, k)``.
+    :param assignment: hard ``(n_agents,)`` (:data:`OPT_OUT` for an agent that declines every
+        representative) or soft ``(n_agents, k)``.
+    :param outside: ``(n_agents,)`` outside values ``u_i``, what an opted-out agent gets (``None``: 0).
     :return: ``(n_agents,)``.
     """
     table = np.asarray(table, dtype=np.float64)
-    return (_as_weights(assignment, *table.shape) * table).sum(axis=1)
+    values = (_as_weights(assignment, *table.shape) * table).sum(axis=1)
+    hard = np.asarray(assignment)
+    if outside is not None and hard.ndim == 1:
+        values = np.where(hard == OPT_OUT, np.asarray(outside, dtype=np.float64), values)
+    return values
 
 
-def utilitarian_welfare(table: np.ndarray, assignment: np.ndarray) -> float:
+def utilitarian_welfare(
+    table: np.ndarray, assignment: np.ndarray, outside: np.ndarray | None = None
+) -> float:
     """The social welfare of the paper: the mean over agents of their expected return."""
-    return float(agent_welfare(table, assignment).mean())
+    return float(agent_welfare(table, assignment, outside).mean())
 
 
-def egalitarian_welfare(table: np.ndarray, assignment: np.ndarray) -> float:
+def egalitarian_welfare(
+    table: np.ndarray, assignment: np.ndarray, outside: np.ndarray | None = None
+) -> float:
     """The worst-off agent's expected return (min over agents)."""
-    return float(agent_welfare(table, assignment).min())
+    return float(agent_welfare(table, assignment, outside).min())
 
 
-def nash_welfare(table: np.ndarray, assignment: np.ndarray) -> float:
+def nash_welfare(table: np.ndarray, assignment: np.ndarray, outside: np.ndarray | None = None) -> float:
     """Nash welfare: the geometric mean of the agents' expected returns.
 
     Defined for non-negative returns; it is 0 as soon as one agent gets 0 or less.
     """
-    values = agent_welfare(table, assignment)
+    values = agent_welfare(table, assignment, outside)
     if np.any(values <= 0):
         return 0.0
     return float(np.exp(np.log(values).mean()))
+
+
+def welfare_figures(values: np.ndarray, served: np.ndarray | None = None) -> dict[str, float]:
+    """What a report shows of the agents' values ``(n_agents,)``: the three welfares, the worst-off
+    agent, the 10th percentile, and (with ``served`` ``(n_agents,)`` bool) the share of agents served."""
+    values = np.asarray(values, dtype=np.float64)
+    figures = {
+        "utilitarian": float(values.mean()),
+        "egalitarian": float(values.min()),
+        "nash": 0.0 if np.any(values <= 0) else float(np.exp(np.log(values).mean())),
+        "p10": float(np.percentile(values, 10)),
+    }
+    if served is not None:
+        figures["served_share"] = float(np.mean(served))
+    return figures
 
 
 def best_assignment(table: np.ndarray) -> np.ndarray:

@@ -10,10 +10,12 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Figure, TensorBoardOutputFormat
 
-from sb3_rmdp.welfare import egalitarian_welfare, nash_welfare, utilitarian_welfare
+from sb3_rmdp.matching import AssignmentLimits
+from sb3_rmdp.welfare import OPT_OUT, agent_welfare, welfare_figures
 
-# Keys an `Assigner` must not pickle: they point back at the model (which is saved on its own).
-_UNPICKLED = ("model", "locals", "globals", "parent")
+#: what an `Assigner` does not save: the model and what points back at it (saved on its own), and the
+#: model's limits (the model hands them over again when it binds the assigner)
+UNSAVED_ATTRIBUTES = ("model", "locals", "globals", "parent", "limits")
 # Key of the pickled state that holds the torch part, written by `th.save`.
 _TORCH_STATE = "_torch_state"
 
@@ -37,6 +39,8 @@ class Assigner(BaseCallback):
     """
 
     requires_grad: bool = False
+    #: whether the assigner honours capacity limits and outside options (:class:`AssignmentLimits`)
+    respects_limits: bool = True
     _weights: th.Tensor
     # Class default for assigners pickled before the parameter existed.
     figure_every: int = 10
@@ -54,6 +58,7 @@ class Assigner(BaseCallback):
         self.rng = np.random.default_rng(seed)
         self.n_rollouts = 0
         self._last_logged_assignment: np.ndarray | None = None
+        self.limits = AssignmentLimits()
 
     # ------------------------------------------------------------------ binding
     @property
@@ -67,14 +72,17 @@ class Assigner(BaseCallback):
         agent_params: np.ndarray | None = None,
         seed: int | None = None,
         device: th.device | str = "cpu",
+        limits: AssignmentLimits | None = None,
     ) -> None:
         """Attach to an r-MDP of ``n_agents`` agents and ``k`` representatives and create the state.
 
         Binding twice to the same sizes keeps the state (a loaded or resumed model goes on where it was).
 
+        :param limits: the model's welfare objective, capacities and outside options (default: none).
         :raises ValueError: if already bound to other sizes.
         """
         self.device = th.device(device)
+        self.limits = limits or AssignmentLimits()
         if self.is_bound:
             if (self.n_agents, self.k) != (n_agents, k):
                 raise ValueError(
@@ -126,9 +134,48 @@ class Assigner(BaseCallback):
         self._weights = one_hot(self.hard_assignment, self.k, self.device)
 
     def assignment(self) -> np.ndarray:
-        """The deployed hard assignment ``(n_agents,)``: each agent's representative (argmax of its row)."""
+        """The deployed hard assignment ``(n_agents,)``: each agent's representative (argmax of its row).
+
+        With outside options (:attr:`limits`), an agent whose estimated return under that representative
+        (:meth:`value_table`) does not beat its outside value takes it instead: :data:`OPT_OUT` (-1).
+        """
         with th.no_grad():
-            return self.weights().argmax(dim=1).cpu().numpy()
+            hard = self.weights().argmax(dim=1).cpu().numpy()
+        return self._opt_out(hard)
+
+    def _opt_out(self, hard: np.ndarray) -> np.ndarray:
+        """``hard`` with :data:`OPT_OUT` for the agents whose estimate does not beat their outside value."""
+        outside = getattr(self, "limits", AssignmentLimits()).outside
+        table = self.value_table() if outside is not None else None
+        if table is None:
+            return hard
+        rows = np.arange(len(hard))
+        estimate = table[rows, np.where(hard == OPT_OUT, 0, hard)]
+        declines = np.isfinite(estimate) & (estimate <= outside)
+        return np.where(declines, OPT_OUT, hard)
+
+    def _check_sizes(self, hard: np.ndarray) -> None:
+        """Refuse a fixed hard assignment ``(n_agents,)`` whose group sizes break the capacity limits."""
+        sizes = np.bincount(hard[hard != OPT_OUT], minlength=self.k)
+        c_min, c_max = self.limits.c_min or 0, self.limits.c_max
+        if sizes.min() < c_min or (c_max is not None and sizes.max() > c_max):
+            raise ValueError(
+                f"{type(self).__name__}'s assignment has groups of {sizes.min()} to {sizes.max()} agents, "
+                f"outside the model's capacity limits [c_min={self.limits.c_min}, c_max={c_max}]: give an "
+                "assignment within them, or other limits."
+            )
+
+    def value_table(self) -> np.ndarray | None:
+        """``(n_agents, k)``: the assigner's estimate of each agent's return under each representative.
+
+        What the M-step's welfare weights (:meth:`~sb3_rmdp.core.RMDPAlgorithm._welfare_weights`) and the
+        outside options read. The base class returns the model's last rollout returns
+        (``training_returns``, NaN until a representative finishes an episode); EM its moving-average
+        table. ``None`` before the assigner has a model.
+        """
+        model = getattr(self, "model", None)
+        table = getattr(model, "training_returns", None)
+        return None if table is None else np.asarray(table, dtype=np.float64)
 
     def zero_grad(self) -> None:
         """Clear the gradients of learnable assignment parameters (no-op for fixed weights)."""
@@ -166,11 +213,17 @@ class Assigner(BaseCallback):
         """
         table = getattr(self.model, "training_returns", None)
         hard = self.assignment()
+        limits = getattr(self, "limits", AssignmentLimits())
         if table is not None and np.all(np.isfinite(table)):
-            self.logger.record("welfare/utilitarian", utilitarian_welfare(table, hard))
-            self.logger.record("welfare/egalitarian", egalitarian_welfare(table, hard))
-            self.logger.record("welfare/nash", nash_welfare(table, hard))
-        sizes = np.bincount(hard, minlength=self.k)
+            values = agent_welfare(table, hard, limits.outside)
+            for name, value in welfare_figures(values).items():
+                self.logger.record(f"welfare/{name}", value)
+            objective = limits.objective
+            if not objective.is_utilitarian and not (objective.positive and np.any(values <= 0)):
+                self.logger.record("welfare/objective", objective.value(values))
+        if limits.outside is not None:
+            self.logger.record("assignment/opted_out", int(np.count_nonzero(hard == OPT_OUT)))
+        sizes = np.bincount(hard[hard != OPT_OUT], minlength=self.k)
         changes = (
             0 if self._last_logged_assignment is None else int((hard != self._last_logged_assignment).sum())
         )
@@ -209,7 +262,7 @@ class Assigner(BaseCallback):
         to the model's device. A ``th.Generator`` travels as its device and state.
         """
         state = self.__dict__.copy()
-        for key in _UNPICKLED:
+        for key in UNSAVED_ATTRIBUTES:
             state.pop(key, None)
         objects: dict[str, Any] = {}
         generators: dict[str, tuple[str, th.Tensor]] = {}
@@ -245,6 +298,12 @@ class Assigner(BaseCallback):
 
 
 def one_hot(assignment: np.ndarray, k: int, device: th.device | str = "cpu") -> th.Tensor:
-    """Hard assignment ``(n_agents,)`` -> weights ``(n_agents, k)`` (float32, one-hot rows)."""
-    index = th.as_tensor(np.asarray(assignment, dtype=np.int64), device=device)
-    return th.nn.functional.one_hot(index, num_classes=k).to(th.float32)
+    """Hard assignment ``(n_agents,)`` -> weights ``(n_agents, k)`` (float32, one-hot rows; the row of an
+    agent that opts out, :data:`OPT_OUT`, is all zeros: no representative trains for it)."""
+    hard = np.asarray(assignment, dtype=np.int64)
+    served = hard != OPT_OUT
+    index = th.as_tensor(np.where(served, hard, 0), device=device)
+    weights = th.nn.functional.one_hot(index, num_classes=k).to(th.float32)
+    if not served.all():
+        weights[th.as_tensor(~served, device=device)] = 0.0
+    return weights

@@ -10,6 +10,7 @@ import torch as th
 
 from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.committee.cover import CoverResult, epsilon_cover
+from sb3_rmdp.matching import AssignmentLimits
 
 TRAIN_ON = ("agents", "prototype")
 
@@ -43,6 +44,9 @@ class CoverageAssigner(Assigner):
 
     cover: CoverResult
     cover_seed: int
+
+    # its assignment is the cover's (each agent to its prototype's representative): no limits
+    respects_limits = False
 
     def __init__(
         self,
@@ -118,13 +122,14 @@ class CoverageAssigner(Assigner):
         agent_params: np.ndarray | None = None,
         seed: int | None = None,
         device: th.device | str = "cpu",
+        limits: AssignmentLimits | None = None,
     ) -> None:
         """Bind as every assigner does; the cover's seed is ``seed`` given here (the model's) unless the
         assigner has its own, and 0 when neither is set."""
         if not self.is_bound:
             own = self.seed if self.seed is not None else seed
             self.cover_seed = 0 if own is None else int(own)
-        super().bind(n_agents, k, agent_params, seed=seed, device=device)
+        super().bind(n_agents, k, agent_params, seed=seed, device=device, limits=limits)
 
     def assignment(self) -> np.ndarray:
         """The deployed hard assignment ``(n_agents,)``: each agent to its prototype's representative.

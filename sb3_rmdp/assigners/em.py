@@ -160,6 +160,11 @@ class EMAssigner(Assigner):
     gives all n returns, since every step yields all n rewards). A column's first observation is taken
     as it is, so the table carries no bias from its zero start. After the warm start, an
     :func:`e_step` follows every table update (eq. 11), so each M-step is one PPO update.
+    Under the model's capacity limits or outside options (``c_min``, ``c_max``, ``outside_values``) the
+    E-step is instead the welfare-maximizing assignment of ``Q`` under them
+    (:func:`~sb3_rmdp.matching.best_assignment`: an LP for the utilitarian, Nash and alpha-fair
+    objectives, a bottleneck assignment for the egalitarian one); an agent that no representative
+    serves better than its outside value opts out (-1) and no representative trains for it.
 
     The warm start is ``warm_start_updates`` PPO updates (the paper's 50, about a tenth of its runs),
     capped at ``max_warm_start_fraction`` of the updates the first ``learn`` call plans, so that a
@@ -221,6 +226,10 @@ class EMAssigner(Assigner):
     def assignment(self) -> np.ndarray:
         return self.hard_assignment.copy()
 
+    def value_table(self) -> np.ndarray | None:
+        """The moving-average table ``Q`` ``(n_agents, k)``, once every column has an observation."""
+        return self.q_table.copy() if self.observed.all() else None
+
     def update_table(self, episode_returns: list[np.ndarray]) -> None:
         """Mix each representative's mean episode returns into its column of ``Q`` (:func:`mix_returns`).
 
@@ -247,9 +256,14 @@ class EMAssigner(Assigner):
         )
         greedy, trained = None, None
         if self.n_rollouts > warm_start and observed.all():
-            greedy = e_step(q_table, self.hard_assignment)
-            if self.revive_idle:
-                trained = revive_idle_representatives(q_table, greedy)
+            if self.limits.constrains:
+                # the welfare-maximizing assignment under capacities and outside options (never below the
+                # table's welfare under the current one, which meets the same limits)
+                greedy = self.limits.assign(q_table)
+            else:
+                greedy = e_step(q_table, self.hard_assignment)
+                if self.revive_idle:
+                    trained = revive_idle_representatives(q_table, greedy)
         self.q_table, self.observed = q_table, observed
         if greedy is not None:
             self._set_hard_assignment(greedy)  # what is deployed

@@ -55,6 +55,8 @@ class EndToEndAssigner(Assigner):
     """
 
     requires_grad = True
+    # the logits learn an unconstrained soft assignment: no capacities or outside options
+    respects_limits = False
     #: the default, and the value of models saved before the option existed
     gradient_statistics: str = "mean"
     deploy: str = "argmax"

@@ -45,7 +45,10 @@ class FixedAssigner(Assigner):
         self.given = np.asarray(assignment)
 
     def _setup(self) -> None:
-        self._set_weights(as_assignment_weights(self.given, self.n_agents, self.k))
+        weights = as_assignment_weights(self.given, self.n_agents, self.k)
+        if self.given.ndim == 1:
+            self._check_sizes(self.given.astype(np.int64))
+        self._set_weights(weights)
 
 
 def equal_width_bins(
@@ -85,9 +88,9 @@ class OracleAssigner(Assigner):
                 "OracleAssigner needs one parameter per agent: the env must declare `agent_params` of shape "
                 "(n_agents, 1), as velocity populations do. For other populations use FixedAssigner."
             )
-        self._set_hard_assignment(
-            equal_width_bins(self.agent_params.reshape(-1), self.k, self.low, self.high)
-        )
+        hard = equal_width_bins(self.agent_params.reshape(-1), self.k, self.low, self.high)
+        self._check_sizes(hard)
+        self._set_hard_assignment(hard)
 
 
 def random_even_assignment(n_agents: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -99,6 +102,9 @@ def random_even_assignment(n_agents: int, k: int, rng: np.random.Generator) -> n
 
 class RandomAssigner(Assigner):
     """The random baseline: a random split into k groups as even as possible, then fixed.
+
+    Groups of ``floor(n / k)`` or ``ceil(n / k)`` agents meet every feasible capacity limit
+    (``k * c_min <= n <= k * c_max``).
 
     :param seed: seed of the assigner's own generator (``None``: the model's seed).
     :param figure_every: rollouts between two ``assignment/figure`` plots (0: none); see :class:`Assigner`.

@@ -10,8 +10,19 @@ from sb3_rmdp.assigners.base import Assigner
 from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
 
 
-def kmeans_assignment(features: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.ndarray:
+def kmeans_assignment(
+    features: np.ndarray,
+    k: int,
+    seed: int,
+    n_init: int = 10,
+    c_min: int | None = None,
+    c_max: int | None = None,
+) -> np.ndarray:
     """Cluster agents by their feature rows with scikit-learn's ``KMeans``; no cluster left empty.
+
+    With capacity limits, the agents then go to the centroids by the min-cost assignment of their
+    squared distances with every group's size in ``[c_min, c_max]``
+    (:func:`~sb3_rmdp.matching.capacity_assignment`).
 
     When there are fewer distinct rows than k (e.g. every agent got the same rewards), KMeans leaves
     clusters empty; each empty cluster then takes the agent of the largest cluster that lies farthest
@@ -36,6 +47,11 @@ def kmeans_assignment(features: np.ndarray, k: int, seed: int, n_init: int = 10)
         agent = int(members[np.argmax(distance[members])])
         labels[agent] = j
         distance[agent] = 0.0
+    if c_min not in (None, 0) or c_max is not None:
+        from sb3_rmdp.matching import capacity_assignment
+
+        squared = ((features[:, None, :] - km.cluster_centers_[None, :, :]) ** 2).sum(axis=2)
+        labels = capacity_assignment(squared, c_min, c_max)
     return labels
 
 
@@ -102,6 +118,9 @@ class KMeansAssigner(Assigner):
             return
         rewards = np.concatenate(self._recorded, axis=0)[-self.n_samples :]  # (n_samples, n_agents)
         seed = self.seed if self.seed is not None else int(self.rng.integers(2**31 - 1))
-        self._set_hard_assignment(kmeans_assignment(rewards.T, self.k, seed, self.n_init))
+        limits = self.limits
+        self._set_hard_assignment(
+            kmeans_assignment(rewards.T, self.k, seed, self.n_init, limits.c_min, limits.c_max)
+        )
         self.clustered = True
         self._recorded = []
