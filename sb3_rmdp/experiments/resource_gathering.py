@@ -36,6 +36,21 @@ PARAMS: dict[str, Param] = {
     "end_to_end_deploy": Param(
         str, "argmax", choices=("argmax", "best_response"), algorithms=("end_to_end",)
     ),
+    # added after the store was written: its cells keep their keys
+    "welfare": Param(
+        str,
+        "utilitarian",
+        choices=("utilitarian", "egalitarian", "nash"),
+        keyed_default=False,
+        help="the objective the M-step follows",
+    ),
+    "welfare_temperature": Param(
+        float,
+        1.0,
+        minimum=0.0,
+        keyed_default=False,
+        help="the egalitarian smooth minimum's temperature, in training returns (reward_scale 0.01)",
+    ),
 }
 
 METRICS = (
@@ -45,6 +60,8 @@ METRICS = (
     "welfare_train",
     "welfare_reassigned",
     "welfare_min",
+    "welfare_p10",
+    "optimal_egalitarian",
     "welfare_argmax",
     "assignment",
     "paths",
@@ -74,6 +91,7 @@ def make_assigner(config: dict[str, Any]) -> Any:
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate one Resource Gathering cell; its metrics (see :data:`METRICS`)."""
     import gymnasium as gym
+    import numpy as np
     import torch as th
 
     from sb3_rmdp import RMDPPPO
@@ -86,7 +104,15 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     params = hyperparams_for(ENV_ID)
     params["assigner"] = make_assigner(config)
     reward_scale = params["env_kwargs"]["reward_scale"]
-    model = RMDPPPO("MlpPolicy", ENV_ID, k=k, seed=config["seed"], **params)
+    model = RMDPPPO(
+        "MlpPolicy",
+        ENV_ID,
+        k=k,
+        seed=config["seed"],
+        welfare=config["welfare"],
+        welfare_temperature=config["welfare_temperature"],
+        **params,
+    )
     model.learn(config["budget_per_representative"] * k)
 
     table = evaluate_agent_returns(model, gym.make(ENV_ID), n_episodes=1)
@@ -95,13 +121,16 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     deployed = model.assignment()
     optimum = optimal_welfare(k)
     paths = representative_paths(model, gym.make(ENV_ID))
+    returns = agent_welfare(table, deployed)
     return {
         "welfare": round(utilitarian_welfare(table, deployed), 4),
         "upper_bound": round(optimum, 4),
         "optimal_welfare": round(optimum, 4),
         "welfare_train": round(utilitarian_welfare(model.training_returns / reward_scale, weights), 4),
         "welfare_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
-        "welfare_min": round(float(agent_welfare(table, deployed).min()), 4),
+        "welfare_min": round(float(returns.min()), 4),
+        "welfare_p10": round(float(np.percentile(returns, 10)), 4),
+        "optimal_egalitarian": round(optimal_welfare(k, welfare="egalitarian"), 4),
         "welfare_argmax": (
             round(utilitarian_welfare(table, weights.argmax(axis=1)), 4)
             if config["algorithm"] == "end_to_end"

@@ -18,6 +18,7 @@ from sb3_rmdp.experiments.grid import Experiment, Param, register
 
 ROBOTS = ("HalfCheetah", "Hopper", "Walker2d", "Ant")
 ALGORITHMS = ("em", "end_to_end", "kmeans", "random", "oracle")
+WELFARES = ("utilitarian", "egalitarian", "nash")
 EPISODE_STEPS = 1000
 
 PARAMS: dict[str, Param] = {
@@ -44,6 +45,13 @@ PARAMS: dict[str, Param] = {
     ),
     "end_to_end_mixing": Param(float, 1.0, minimum=0.0, algorithms=("end_to_end",)),
     "kmeans_pretrain_fraction": Param(float, 0.5, minimum=0.0, algorithms=("kmeans",)),
+    # added after the stores were written: their cells keep their keys
+    "welfare": Param(
+        str, "utilitarian", choices=WELFARES, keyed_default=False, help="the objective the M-step follows"
+    ),
+    "welfare_temperature": Param(
+        float, 1.0, minimum=0.0, keyed_default=False, help="the egalitarian smooth minimum's temperature"
+    ),
 }
 
 METRICS = (
@@ -53,6 +61,7 @@ METRICS = (
     "welfare_train",
     "welfare_reassigned",
     "welfare_min",
+    "welfare_p10",
     "welfare_argmax",
     "welfare_best_response_latest",
     "interval_breaks",
@@ -142,7 +151,14 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         norm_reward=False,
     )
     model = RMDPPPO(
-        "MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(config, b), **ppo_kwargs(config)
+        "MlpPolicy",
+        train_env,
+        k=k,
+        seed=seed,
+        assigner=make_assigner(config, b),
+        welfare=config["welfare"],
+        welfare_temperature=config["welfare_temperature"],
+        **ppo_kwargs(config),
     )
     model.learn(config["budget_per_representative"] * k)
 
@@ -172,6 +188,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "welfare_train": round(utilitarian_welfare(model.training_returns, weights), 4),
         "welfare_reassigned": round(utilitarian_welfare(table, best_assignment(table)), 4),
         "welfare_min": round(float(returns.min()), 4),
+        "welfare_p10": round(float(np.percentile(returns, 10)), 4),
         # the same run deployed by its logits' argmax and by the best response to the latest returns
         "welfare_argmax": round(utilitarian_welfare(table, argmax), 4) if end_to_end else None,
         "welfare_best_response_latest": (
