@@ -139,8 +139,15 @@ def walker2d_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> Velo
     return make_velocity_env("Walker2d-v5", n_agents, seed, **kwargs)
 
 
-def welfare_upper_bound(targets: np.ndarray, k: int, b: float, episode_steps: int = 1000) -> float:
-    """The best welfare any ``k`` representatives can reach on a velocity population (exact).
+def welfare_upper_bound(
+    targets: np.ndarray, k: int, b: float, episode_steps: int = 1000, welfare: str = "utilitarian"
+) -> float:
+    """The best welfare any ``k`` representatives can reach on a velocity population.
+
+    ``welfare="utilitarian"`` (the default) is the best mean over agents, exact (below).
+    ``welfare="egalitarian"`` is a valid upper bound on the best minimum over agents, with time-varying
+    speeds, **not always tight**: ``min(1, k * t(all agents), utilitarian bound)``, the ``upper`` of
+    :func:`egalitarian_bounds` (which also gives an achievable value below it).
 
     Per step a representative moves at one speed, and agent i collects ``0.1 * tent(speed - v_i)``
     from the representative it is assigned to, with ``tent(d) = clip(1 - |d| / w, 0, 1)`` and
@@ -155,8 +162,21 @@ def welfare_upper_bound(targets: np.ndarray, k: int, b: float, episode_steps: in
     :param k: number of representatives (``k >= n_agents`` gives every agent its own).
     :param b: the population's target range ``[0, b]`` (sets the width ``w = b / 20``).
     :param episode_steps: steps per episode (1000 for gymnasium's MuJoCo envs).
-    :return: the welfare bound (mean over agents of their best return), in ``[0, 0.1 * episode_steps]``.
+    :param welfare: ``"utilitarian"`` (the mean) or ``"egalitarian"`` (the minimum).
+    :return: the welfare bound (mean, or minimum, over agents of their best return), in
+        ``[0, 0.1 * episode_steps]``.
     """
+    if welfare == "egalitarian":
+        v, peak, width = _checked_targets(targets, k, b, episode_steps)
+        if k >= len(v):
+            return peak
+        pooled = peak * min(1.0, k * _time_shared_min(v, width))
+        return min(pooled, welfare_upper_bound(v, k, b, episode_steps))  # a minimum is below the mean
+    if welfare != "utilitarian":
+        raise ValueError(
+            f"welfare={welfare!r}: welfare_upper_bound supports 'utilitarian' (the mean) and 'egalitarian' "
+            "(the minimum)."
+        )
     v = np.sort(np.asarray(targets, dtype=np.float64).reshape(-1))
     n = len(v)
     if n < 1:
@@ -190,3 +210,122 @@ def welfare_upper_bound(targets: np.ndarray, k: int, b: float, episode_steps: in
         best = np.max(best[:, None] + between, axis=0)
         answer = max(answer, float(np.max(best + right[np.arange(n), np.arange(n) + 1])))
     return peak * answer / n
+
+
+def egalitarian_bounds(
+    targets: np.ndarray, k: int, b: float, episode_steps: int = 1000
+) -> tuple[float, float]:
+    """Bounds ``(reached, upper)`` on the best minimum agent return of ``k`` representatives.
+
+    Representatives may change speed over time: an agent's return is ``0.1 * episode_steps`` times the
+    time average over the episode of ``tent(speed_t - v_i)`` at its representative's speed, so a
+    representative is a distribution ``p`` over speeds (its time shares) serving agent i
+    ``(p * tent)(v_i)``. Unlike the mean, the minimum can gain from time sharing (two far targets at
+    1/2 each beat one speed between them, worth 0 to both), so a constant speed is not optimal.
+
+    * *One group* (one representative serving agents ``G``): ``t(G) = max_p min_{i in G} (p * tent)(v_i)``
+      is a linear program over ``p`` on the breakpoints ``{v_i, v_i +- w}`` of ``G``, and exact: between
+      two consecutive breakpoints every agent's tent is linear in the speed, so mass at a speed inside
+      splits onto the two ends with the same value for every agent. Solved by HiGHS.
+    * ``upper`` (**a valid upper bound, not always tight**): pooling the ``k`` representatives' time
+      into one measure of mass ``k`` serves every agent at least as well as its own representative,
+      and the mass-``k`` program is ``k`` times the one-group one: ``min(1, k * t(all agents))``, or
+      the utilitarian optimum (the mean is above the minimum, and a constant speed is optimal for it)
+      where that is lower.
+    * ``reached`` (**achievable, a lower bound**): the best, over partitions of the sorted targets into
+      at most ``k`` *contiguous* groups, of ``min_j t(G_j)`` (``t`` only falls as a group grows, so the
+      greedy that grows each group from the left while ``t >= tau`` needs the fewest groups at a
+      threshold ``tau``; a bisection on ``tau`` finds the best to ``1e-9``). Contiguous groups are
+      **not** always optimal: a representative time-sharing between two far targets can beat every
+      contiguous split (the tests show such populations), so the exact optimum lies in
+      ``[reached, upper]`` and is only known where the two meet.
+
+    Continuous time shares also bound a real episode's (whole steps out of ``episode_steps``) from
+    above, which ``reached`` assumes achievable. About a second per ``k`` at ``n = 100`` for ``reached``;
+    ``upper`` is one linear program.
+
+    :param targets: the agents' target velocities ``(n_agents,)`` (or ``agent_params`` ``(n_agents, 1)``).
+    :param k: number of representatives (``k >= n_agents`` gives every agent its own).
+    :param b: the population's target range ``[0, b]`` (sets the width ``w = b / 20``).
+    :param episode_steps: steps per episode (1000 for gymnasium's MuJoCo envs).
+    :return: ``(reached, upper)`` on the worst-off agent's return, in ``[0, 0.1 * episode_steps]``.
+    """
+    v, peak, width = _checked_targets(targets, k, b, episode_steps)
+    n = len(v)
+    if k >= n:
+        return peak, peak
+    served: dict[tuple[int, int], float] = {}
+
+    def group(i: int, j: int) -> float:
+        """``t`` of the agents ``i..j`` (inclusive) of the sorted targets."""
+        if (i, j) not in served:
+            served[(i, j)] = _time_shared_min(v[i : j + 1], width)
+        return served[(i, j)]
+
+    def greedy(tau: float) -> float | None:
+        """The least group value of the greedy cover at threshold ``tau``, None if it needs > k groups."""
+        start, values = 0, list[float]()
+        while start < n:
+            if len(values) == k:
+                return None
+            low, high = start, n - 1  # group(start, start) = 1 >= tau
+            while low < high:
+                middle = (low + high + 1) // 2
+                if group(start, middle) >= tau:
+                    low = middle
+                else:
+                    high = middle - 1
+            values.append(group(start, low))
+            start = low + 1
+        return min(values)
+
+    # the pooled program, and the mean's exact optimum (a minimum is below the mean)
+    upper = min(1.0, k * group(0, n - 1), welfare_upper_bound(v, k, b, episode_steps) / peak)
+    reached = greedy(0.0)
+    assert reached is not None  # one group holds everyone
+    ceiling = upper
+    while ceiling - reached > 1e-9:
+        found = greedy(0.5 * (reached + ceiling))
+        if found is None:
+            ceiling = 0.5 * (reached + ceiling)
+        else:
+            reached = max(found, reached)
+    return peak * reached, peak * upper
+
+
+def _checked_targets(
+    targets: np.ndarray, k: int, b: float, episode_steps: int
+) -> tuple[np.ndarray, float, float]:
+    """Sorted targets ``(n_agents,)``, the peak return and the tent's width, or the error to fix."""
+    v = np.sort(np.asarray(targets, dtype=np.float64).reshape(-1))
+    if len(v) < 1:
+        raise ValueError("welfare_upper_bound needs at least one target.")
+    if k < 1:
+        raise ValueError(f"k={k}: at least one representative is needed.")
+    if b <= 0:
+        raise ValueError(f"b={b}: the target range [0, b] must have b > 0.")
+    return v, 0.1 * episode_steps, b / 20.0
+
+
+def _time_shared_min(v: np.ndarray, width: float) -> float:
+    """``max_p min_i (p * tent)(v_i)`` over distributions ``p`` of speeds, for targets ``v`` ``(m,)``."""
+    from scipy.optimize import linprog
+
+    if np.ptp(v) == 0:
+        return 1.0
+    speeds = np.unique(np.concatenate([v, v - width, v + width]))
+    tents = np.clip(1.0 - np.abs(speeds[None, :] - v[:, None]) / width, 0.0, 1.0)  # (m, speeds)
+    m, n_speeds = tents.shape
+    # variables (p_1..p_S, t): maximize t, t <= tents @ p, sum p = 1
+    result = linprog(
+        np.concatenate([np.zeros(n_speeds), [-1.0]]),
+        A_ub=np.column_stack([-tents, np.ones(m)]),
+        b_ub=np.zeros(m),
+        A_eq=np.concatenate([np.ones(n_speeds), [0.0]])[None, :],
+        b_eq=[1.0],
+        bounds=[(0.0, None)] * n_speeds + [(0.0, 1.0)],
+        method="highs",
+    )
+    if result.status != 0:
+        raise RuntimeError(f"the time-sharing linear program failed: {result.message}")
+    return float(result.x[-1])
