@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="env slots (default k; when not a multiple of k, representatives rotate over them)",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_fairness_options(train)
     train.add_argument(
         "--hyperparams",
         metavar="tuned|default|FILE.json",
@@ -553,15 +554,23 @@ def compact_indices(indices: np.ndarray) -> str:
     return ", ".join(parts)
 
 
-def welfare_summary(table: np.ndarray, assignment: np.ndarray) -> dict[str, Any]:
+def welfare_summary(
+    table: np.ndarray,
+    assignment: np.ndarray,
+    outside: np.ndarray | None = None,
+    objective: Any = None,
+) -> dict[str, Any]:
     """What ``evaluate`` reports: per representative its agents and their mean return, and the welfare.
 
     :param table: evaluated agent returns ``(n_agents, k)``.
-    :param assignment: the deployed hard assignment ``(n_agents,)``.
+    :param assignment: the deployed hard assignment ``(n_agents,)`` (-1: the agent opts out).
+    :param outside: ``(n_agents,)`` outside values (what an opted-out agent gets), or ``None``.
+    :param objective: the model's :class:`~sb3_rmdp.objectives.WelfareObjective` (reported by name).
     """
-    from sb3_rmdp.welfare import best_assignment, egalitarian_welfare, nash_welfare, utilitarian_welfare
+    from sb3_rmdp.welfare import OPT_OUT, agent_welfare, best_assignment, utilitarian_welfare, welfare_figures
 
     n_agents, k = table.shape
+    assignment = np.asarray(assignment)
     representatives = []
     for j in range(k):
         agents = np.flatnonzero(assignment == j)
@@ -572,17 +581,21 @@ def welfare_summary(table: np.ndarray, assignment: np.ndarray) -> dict[str, Any]
                 "mean_return": float(table[agents, j].mean()) if len(agents) else None,
             }
         )
+    values = agent_welfare(table, assignment, outside)
+    served = assignment != OPT_OUT
+    welfare: dict[str, Any] = welfare_figures(values)
+    if objective is not None and not objective.is_utilitarian:
+        welfare["objective"] = objective.name
+        if not (objective.positive and np.any(values <= 0)):
+            welfare["objective_value"] = objective.value(values)
     return {
         "n_agents": n_agents,
         "k": k,
-        "assignment": np.asarray(assignment).tolist(),
-        "group_sizes": np.bincount(assignment, minlength=k).tolist(),
+        "assignment": assignment.tolist(),
+        "group_sizes": np.bincount(assignment[served], minlength=k).tolist(),
+        "opted_out": int(np.count_nonzero(~served)),
         "representatives": representatives,
-        "welfare": {
-            "utilitarian": utilitarian_welfare(table, assignment),
-            "egalitarian": egalitarian_welfare(table, assignment),
-            "nash": nash_welfare(table, assignment),
-        },
+        "welfare": welfare,
         # Each agent re-assigned to its best representative on this table: what the E-step would deploy.
         "utilitarian_welfare_best_reassignment": utilitarian_welfare(table, best_assignment(table)),
         "table": table.tolist(),
@@ -610,8 +623,11 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     welfare = summary["welfare"]
     console.print(
         f"welfare of the deployed assignment: utilitarian {welfare['utilitarian']:.4g}, "
-        f"egalitarian {welfare['egalitarian']:.4g}, nash {welfare['nash']:.4g}"
+        f"egalitarian {welfare['egalitarian']:.4g}, nash {welfare['nash']:.4g}, "
+        f"10th percentile {welfare['p10']:.4g}"
     )
+    if summary.get("opted_out"):
+        console.print(f"agents taking their outside option: {summary['opted_out']} of {summary['n_agents']}")
     console.print(
         "utilitarian welfare if each agent took its best representative: "
         f"{summary['utilitarian_welfare_best_reassignment']:.4g}"
@@ -619,6 +635,87 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- commands
+def add_fairness_options(parser: argparse.ArgumentParser) -> None:
+    """``--welfare``, ``--welfare-temperature``, ``--c-min``, ``--c-max`` and ``--outside``."""
+    parser.add_argument(
+        "--welfare",
+        type=_welfare_spec,
+        default="utilitarian",
+        metavar="OBJECTIVE",
+        help="the welfare the M-step follows and the summary reports: utilitarian (the paper's mean; "
+        "default), egalitarian (the worst-off agent, a smooth minimum), nash, or alpha_fair:ALPHA",
+    )
+    parser.add_argument(
+        "--welfare-temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="egalitarian: the smooth minimum's temperature, in units of training returns (default 1)",
+    )
+    parser.add_argument(
+        "--c-min", type=_non_negative_int, metavar="N", help="at least N agents per representative"
+    )
+    parser.add_argument(
+        "--c-max", type=_positive_int, metavar="N", help="at most N agents per representative"
+    )
+    parser.add_argument(
+        "--outside",
+        metavar="U|FILE",
+        help="outside options: an agent takes its outside value instead of a representative that does "
+        "not beat it; a number for every agent, or a .npy / .json file of one per agent",
+    )
+
+
+def _welfare_spec(text: str) -> Any:
+    """``--welfare``'s value as a ``welfare=`` spec: a name, or ``alpha_fair:ALPHA``."""
+    from sb3_rmdp.objectives import welfare_objective
+
+    name, _, alpha = text.partition(":")
+    spec: Any = text
+    if name == "alpha_fair":
+        try:
+            spec = ("alpha_fair", float(alpha))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: write alpha_fair:ALPHA, e.g. alpha_fair:2") from None
+    try:
+        welfare_objective(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: choose utilitarian, egalitarian, nash or alpha_fair:ALPHA ({error})"
+        ) from None
+    return spec
+
+
+def fairness_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The model's ``welfare``, ``welfare_temperature``, ``c_min``, ``c_max`` and ``outside_values``.
+
+    :raises UsageError: for an ``--outside`` that is neither a number nor a readable array file.
+    """
+    outside: Any = None
+    if args.outside is not None:
+        try:
+            outside = float(args.outside)
+        except ValueError:
+            file = existing_file(args.outside, "--outside file")
+            try:
+                if file.suffix == ".npy":
+                    outside = np.load(file, allow_pickle=False)
+                else:
+                    outside = np.asarray(json.loads(file.read_text()), dtype=np.float64)
+            except (ValueError, TypeError, OSError) as error:
+                raise UsageError(
+                    f"--outside {args.outside}: not an array of numbers ({error}); give a number, a .npy "
+                    "file or a .json list with one outside value per agent."
+                ) from None
+    return {
+        "welfare": args.welfare,
+        "welfare_temperature": args.welfare_temperature,
+        "c_min": args.c_min,
+        "c_max": args.c_max,
+        "outside_values": outside,
+    }
+
+
 def train_command(args: argparse.Namespace) -> int:
     from stable_baselines3.common.vec_env import VecNormalize
     from tqdm import TqdmExperimentalWarning
@@ -662,9 +759,10 @@ def train_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             verbose=args.verbose,
+            **fairness_kwargs(args),
             **params,
         )
-    except ValueError as error:  # k > n_agents, an assigner that does not fit the env...
+    except ValueError as error:  # k > n_agents, an assigner that does not fit the env, capacities...
         raise UsageError(str(error)) from None
     except TypeError as error:  # policy kwargs the policy does not take
         raise UsageError(f"{error}; fix --policy-kwargs (e.g. net_arch=[64,64]).") from None
@@ -710,12 +808,14 @@ def train_command(args: argparse.Namespace) -> int:
             eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
             eval_env.obs_rms = env.obs_rms
         table = evaluate_agent_returns(model, eval_env, n_episodes=args.eval_episodes)
-        summary = welfare_summary(table, model.assignment())
+        limits = model.assignment_limits
+        summary = welfare_summary(table, model.assignment(), limits.outside, limits.objective)
         print_summary(
             summary, f"Deployed assignment, {args.eval_episodes} evaluation episode(s) per representative"
         )
     else:
-        sizes = np.bincount(model.assignment(), minlength=args.k)
+        deployed = model.assignment()
+        sizes = np.bincount(deployed[deployed >= 0], minlength=args.k)
         print(f"group sizes: {' '.join(str(size) for size in sizes)}")
     print(f"Model saved to {save}")
     if args.json:
@@ -895,7 +995,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     table = evaluate_agent_returns(
         model, vec_env, n_episodes=args.episodes, deterministic=not args.stochastic
     )
-    summary = welfare_summary(table, model.assignment())
+    summary = welfare_summary(
+        table, model.assignment(), model.assignment_limits.outside, model.welfare_objective
+    )
     print_summary(
         summary,
         f"{args.model} on {args.env}: {args.episodes} episode(s) per representative, "

@@ -19,7 +19,7 @@ import numpy as np
 import torch as th
 
 from sb3_rmdp.files import atomic_write, with_zip_suffix, write_text
-from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, nash_welfare, utilitarian_welfare
+from sb3_rmdp.welfare import OPT_OUT, agent_welfare, evaluate_agent_returns, welfare_figures
 
 if TYPE_CHECKING:
     from sb3_rmdp.core import RMDPAlgorithm
@@ -209,16 +209,24 @@ def review_dossier(
             "min": float(served_returns.min()) if len(agents) else None,
             "max": float(served_returns.max()) if len(agents) else None,
         },
-        "welfare": {
-            "utilitarian": utilitarian_welfare(table, assignment),
-            "egalitarian": egalitarian_welfare(table, assignment),
-            "nash": nash_welfare(table, assignment),
-        },
+        "welfare": _welfare(model, table, assignment),
     }
     path = pathlib.Path(path)
     write_text(path.with_suffix(".json"), json.dumps(dossier, indent=2) + "\n")
     write_text(path.with_suffix(".md"), _markdown(dossier))
     return dossier
+
+
+def _welfare(model: RMDPAlgorithm, table: np.ndarray, assignment: np.ndarray) -> dict[str, Any]:
+    """The deployed assignment's welfare figures, the model's objective and its opt-outs."""
+    limits = model.assignment_limits
+    values = agent_welfare(table, assignment, limits.outside)
+    welfare: dict[str, Any] = {**welfare_figures(values), "objective": limits.objective.name}
+    if limits.outside is not None:
+        welfare["opted_out"] = int(np.count_nonzero(assignment == OPT_OUT))
+    if limits.c_min is not None or limits.c_max is not None:
+        welfare["capacities"] = {"c_min": limits.c_min, "c_max": limits.c_max}
+    return welfare
 
 
 def _markdown(dossier: dict[str, Any]) -> str:
@@ -238,9 +246,11 @@ def _markdown(dossier: dict[str, Any]) -> str:
             f"max {served['max']:.2f}."
         )
     lines += [
-        f"- Social welfare of the deployed assignment (all agents): "
-        f"utilitarian {welfare['utilitarian']:.2f}, egalitarian {welfare['egalitarian']:.2f}, "
-        f"Nash {welfare['nash']:.2f}.",
+        f"- Social welfare of the deployed assignment (all agents; trained for the {welfare['objective']} "
+        f"welfare): utilitarian {welfare['utilitarian']:.2f}, egalitarian {welfare['egalitarian']:.2f}, "
+        f"Nash {welfare['nash']:.2f}, 10th percentile {welfare['p10']:.2f}"
+        + (f"; {welfare['opted_out']} agents take their outside option" if "opted_out" in welfare else "")
+        + ".",
         "",
         "| agent | params | weight | return | best representative | best return |",
         "|---:|---|---:|---:|---:|---:|",

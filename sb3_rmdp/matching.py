@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareObjective, welfare_objective
+from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, ZERO_FLOOR, WelfareObjective, welfare_objective
 from sb3_rmdp.welfare import OPT_OUT
 
 __all__ = ["OPT_OUT", "AssignmentLimits", "best_assignment", "check_capacities"]
@@ -93,22 +93,25 @@ def best_assignment(
         return assignment
     if objective.name == "egalitarian":
         return _bottleneck(table, c_min or 0, c_max, outside)
-    gains = _transform(objective, table)
+    # an agent at 0 counts at a floor, as in the M-step's weights (log 0 would rule out every assignment)
+    floor = ZERO_FLOOR * max(float(np.abs(table).mean()), np.finfo(np.float64).tiny)
+    gains = _transform(objective, table, floor)
     assert gains is not None  # a table in, a table out
-    return _linear(gains, c_min or 0, c_max, _transform(objective, outside))
+    return _linear(gains, c_min or 0, c_max, _transform(objective, outside, floor))
 
 
-def _transform(objective: WelfareObjective, values: np.ndarray | None) -> np.ndarray | None:
-    """``f(values)`` elementwise: the per-agent term whose sum the objective maximizes over hard choices."""
+def _transform(objective: WelfareObjective, values: np.ndarray | None, floor: float) -> np.ndarray | None:
+    """``f(values)`` elementwise: the per-agent term whose sum the objective maximizes over hard choices
+    (values below ``floor`` count as ``floor`` for the objectives that need positive values)."""
     if values is None or objective.is_utilitarian:
         return values
+    if objective.positive:
+        objective.value(values.reshape(-1))  # the check for negative values, with its message
+        values = np.maximum(values, floor)
     if objective.name == "nash" or (objective.name == "alpha_fair" and objective.alpha == 1.0):
-        objective.value(values.reshape(-1))  # the positivity check, with its message
         return np.log(values)
     if objective.name == "alpha_fair":
         alpha = float(objective.alpha or 0.0)
-        if alpha > 0:
-            objective.value(values.reshape(-1))
         return values ** (1.0 - alpha) / (1.0 - alpha)
     raise ValueError(
         f"welfare={objective.name!r}: a user objective has no per-agent form for capacity limits; use "

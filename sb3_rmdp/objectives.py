@@ -23,6 +23,9 @@ import numpy as np
 OBJECTIVES = ("utilitarian", "egalitarian", "nash", "alpha_fair")
 #: the default temperature of the egalitarian objective's smooth minimum, in units of the values
 DEFAULT_TEMPERATURE = 1.0
+#: where an objective that needs positive values takes its gradient for an agent at 0: at this fraction
+#: of the mean value
+ZERO_FLOOR = 1e-2
 
 
 @dataclass(frozen=True)
@@ -51,18 +54,27 @@ class WelfareObjective:
         return self.name == "utilitarian"
 
     def value(self, values: np.ndarray) -> float:
-        """The welfare of the agents' values ``(n_agents,)``.
+        """The welfare of the agents' values ``(n_agents,)`` (an agent at 0 makes the Nash welfare 0).
 
-        :raises ValueError: for an objective that needs positive values when one is not.
+        :raises ValueError: for an objective that needs positive values when one is negative.
         """
-        return float(self.welfare(self._checked(values)))
+        with np.errstate(divide="ignore"):
+            return float(self.welfare(self._checked(values)))
 
     def agent_weights(self, values: np.ndarray) -> np.ndarray:
         """``(n_agents,)`` non-negative weights ``n_agents * dW / dv_i`` at the values ``(n_agents,)``.
 
-        :raises ValueError: for an objective that needs positive values when one is not.
+        For an objective that needs positive values, values below :data:`ZERO_FLOOR` times the mean value
+        (agents no representative serves yet, with sparse rewards) count as that floor: their gradient is
+        large but finite.
+
+        :raises ValueError: for an objective that needs positive values when one is negative.
         """
-        return np.asarray(self.gradient(self._checked(values)), dtype=np.float64)
+        values = self._checked(values)
+        if self.positive:
+            floor = ZERO_FLOOR * max(float(values.mean()), np.finfo(np.float64).tiny)
+            values = np.maximum(values, floor)
+        return np.asarray(self.gradient(values), dtype=np.float64)
 
     def _checked(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
@@ -72,7 +84,7 @@ class WelfareObjective:
             raise ValueError(
                 "the agents' values must be finite (a NaN or inf reached the welfare objective)."
             )
-        if self.positive and np.any(values <= 0):
+        if self.positive and np.any(values < 0):
             raise ValueError(
                 f"the {self.name} welfare needs positive values, got a minimum of {values.min():.4g}: shift "
                 "the rewards so that every agent's return is positive (e.g. add a constant per step), or use "

@@ -142,7 +142,7 @@ def plot_assignment(
     if agent_params is not None:
         params = np.asarray(agent_params, dtype=np.float64).reshape(n_agents, -1)
     if params is None or params.shape[1] == 0:
-        sizes = np.bincount(assignment, minlength=k)
+        sizes = np.bincount(assignment[assignment >= 0], minlength=k)
         ax.bar(np.arange(k), sizes, color=colors)
         ax.set_xticks(np.arange(k))
         ax.set_xlabel("representative")

@@ -56,7 +56,7 @@ from sb3_rmdp.core import RMDPAlgorithm
 from sb3_rmdp.envs import make_rmdp_vec_env
 from sb3_rmdp.envs.vec_env import resolve_env_spec
 from sb3_rmdp.files import output_problem, write_text
-from sb3_rmdp.welfare import egalitarian_welfare, evaluate_agent_returns, utilitarian_welfare
+from sb3_rmdp.welfare import agent_welfare, evaluate_agent_returns
 
 #: where studies live unless ``--storage`` says otherwise: a file in the working directory
 DEFAULT_STORAGE = "sqlite:///sb3_rmdp_tuning.db"
@@ -242,11 +242,14 @@ class TrialEvalCallback(BaseCallback):
         sync_envs_normalization(self.training_env, self.eval_env)  # VecNormalize's statistics, if any
         table = evaluate_agent_returns(self.model, self.eval_env, self.n_eval_episodes)
         assignment = self.model.assignment()
-        welfare = utilitarian_welfare(table, assignment)
+        limits = self.model.assignment_limits
+        values = agent_welfare(table, assignment, limits.outside)
+        # the model's own objective (the paper's mean unless it was built with welfare=...)
+        welfare = float(values.mean()) if limits.objective.is_utilitarian else _objective(limits, values)
         self.n_evaluations += 1
         self.last_evaluation = {
             "welfare": welfare,
-            "egalitarian_welfare": egalitarian_welfare(table, assignment),
+            "egalitarian_welfare": float(values.min()),
             "timesteps": float(self.num_timesteps),
         }
         if not math.isfinite(welfare):
@@ -264,6 +267,14 @@ class TrialEvalCallback(BaseCallback):
             return False
         self.is_pruned = self.trial.should_prune()
         return not self.is_pruned
+
+
+def _objective(limits: Any, values: np.ndarray) -> float:
+    """The objective's welfare of the agents' values; ``nan`` (a pruned trial) where it is undefined."""
+    try:
+        return limits.objective.value(values)
+    except ValueError:  # Nash of a non-positive value
+        return float("nan")
 
 
 def _is_divergence(error: BaseException) -> bool:
@@ -289,6 +300,7 @@ def make_objective(
     sample_params: SampleParams | None = None,
     normalize_observations: bool = False,
     algo: str = "ppo",
+    fairness: dict[str, Any] | None = None,
 ) -> Callable[[Trial], float]:
     """The objective of a study: train one model, return the evaluated welfare of its assignment.
 
@@ -351,7 +363,7 @@ def make_objective(
         if normalize_observations:
             train_env = VecNormalize(train_env, norm_obs=True, norm_reward=False)
         policy = default_policy(algorithm, train_env.observation_space)
-        model = algorithm(policy, train_env, seed=seed, device=device, **kwargs)
+        model = algorithm(policy, train_env, seed=seed, device=device, **(fairness or {}), **kwargs)
         eval_env = make_rmdp_vec_env(env, n_envs=1, seed=seed, env_kwargs=params.get("env_kwargs"))
         if normalize_observations:
             eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
@@ -463,6 +475,15 @@ def make_storage(
 def default_study_name(env_id: str, k: int, assigner: str) -> str:
     """``"ResourceGathering-v0-k3-em"`` for ``("sb3_rmdp/ResourceGathering-v0", 3, "em")``."""
     return f"{env_id.split('/')[-1]}-k{k}-{assigner}"
+
+
+def _objective_suffix(name: str, fairness: dict[str, Any] | None) -> str:
+    """A default study name with the objective appended unless it is the paper's (``-egalitarian``): trials
+    of two objectives never share a study."""
+    welfare = (fairness or {}).get("welfare", "utilitarian")
+    if welfare == "utilitarian":
+        return name
+    return f"{name}-{welfare if isinstance(welfare, str) else '-'.join(map(str, welfare))}"
 
 
 def create_study(
@@ -588,12 +609,15 @@ def tune(
     max_retry: int | None = 3,
     normalize_observations: bool = False,
     algo: str = "ppo",
+    fairness: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Tune a model on ``env_id`` with policy budget ``k``: run trials until the study has ``n_trials``.
 
     The Python face of ``sb3-rmdp tune`` (see :func:`tune_main` for every option's meaning).
 
     :param storage: a URL (see :func:`make_storage`), a ready storage, or ``None`` for in memory.
+    :param fairness: the models' ``welfare``, ``welfare_temperature``, ``c_min``, ``c_max`` and
+        ``outside_values`` (the trials then maximize that welfare).
     :param n_warmup_evaluations: evaluations before a trial can be pruned (default ``n_evaluations // 3``).
     :return: the study (``study.best_trial``, ``study.trials_dataframe()``).
     """
@@ -611,7 +635,7 @@ def tune(
         settings["normalize_observations"] = True
     study = create_study(
         storage,
-        study_name or default_study_name(env_id, k, assigner),
+        study_name or _objective_suffix(default_study_name(env_id, k, assigner), fairness),
         settings,
         seed=seed,
         n_startup_trials=n_startup_trials,
@@ -631,6 +655,7 @@ def tune(
         sample_params=sample_params,
         normalize_observations=normalize_observations,
         algo=algo,
+        fairness=fairness,
     )
     # Polling is a read while others run the last trials; a dead worker is only seen after the grace period.
     poll_interval = (
@@ -739,6 +764,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--heartbeat-interval", type=int, default=60, help="seconds between a running trial's heartbeats")
     add("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is dead")
     add("--max-retry", type=int, default=3, help="re-runs of a dead worker's trial")
+    from sb3_rmdp.cli import add_fairness_options
+
+    add_fairness_options(parser)
     add("--out", type=Path, default=None, help="write the best trial's hyperparameters to this JSON file")
     add("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     add("--verbose", type=int, default=1, choices=[0, 1], help="1: Optuna logs every trial (default)")
@@ -780,6 +808,12 @@ def tune_main(argv: list[str] | None = None) -> int:
             parser.error(f"--out {args.out}: {problem}.")
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     sample_params = _load_search_space(args.search_space) if args.search_space else None
+    from sb3_rmdp.cli import UsageError, fairness_kwargs
+
+    try:
+        fairness = fairness_kwargs(args)
+    except UsageError as error:
+        parser.error(str(error))
     try:
         study = tune(
             args.env,
@@ -804,6 +838,7 @@ def tune_main(argv: list[str] | None = None) -> int:
             max_retry=args.max_retry,
             normalize_observations=args.normalize_observations,
             algo=args.algo,
+            fairness=fairness,
         )
     except KeyboardInterrupt:
         print("Interrupted: the study keeps its finished trials; run the command again to resume.")

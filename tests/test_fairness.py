@@ -8,6 +8,8 @@ same limits, the opt-outs counted in the welfare, saving them, and the errors).
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -248,3 +250,83 @@ def test_best_assignment_of_the_limits_is_the_matching_ones() -> None:
     table = np.random.default_rng(3).uniform(size=(6, 2))
     limits = AssignmentLimits("egalitarian", c_max=3)
     np.testing.assert_array_equal(limits.assign(table), best_assignment(table, "egalitarian", c_max=3))
+
+
+RG = "sb3_rmdp/ResourceGathering-v0"
+TRAIN = [
+    *["train", "--env", RG, "-k", "2", "--timesteps", "512", "--n-steps", "64", "--batch-size", "64"],
+    *["--n-epochs", "1", "--policy-kwargs", "net_arch=[16]", "--no-progress-bar"],
+]
+
+
+def test_cli_train_with_a_fair_objective_capacities_and_outside_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_rmdp.cli import main
+
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps([0.0] * 24 + [1e6]))  # the last agent always opts out
+    results = tmp_path / "run.json"
+    argv = [*TRAIN, "--welfare", "alpha_fair:2", "--c-max", "20", "--outside", str(outside)]
+    code = main([*argv, "--save", str(tmp_path / "model"), "--json", str(results)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = json.loads(results.read_text())
+    assert summary["welfare"]["objective"] == "alpha_fair"
+    assert summary["assignment"][-1] == OPT_OUT and summary["opted_out"] >= 1
+    assert max(summary["group_sizes"]) <= 20 and "outside option" in out
+    model = RMDPPPO.load(tmp_path / "model")
+    assert model.assignment_limits.c_max == 20 and model.assignment_limits.outside[-1] == 1e6
+    # the export dossier names the objective and the opt-outs
+    from sb3_rmdp.export import review_dossier
+
+    dossier = review_dossier(model, 0, RG, tmp_path / "dossier")
+    assert dossier["welfare"]["objective"] == "alpha_fair" and dossier["welfare"]["opted_out"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--welfare", "fairest"], "choose utilitarian, egalitarian, nash or alpha_fair:ALPHA"),
+        (["--welfare", "alpha_fair:x"], "write alpha_fair:ALPHA"),
+        (["--c-max", "5"], "k \\* c_max = 2 \\* 5 = 10 < 25 agents"),
+        (["--outside", "missing.npy"], "--outside file"),
+    ],
+)
+def test_cli_fairness_errors_exit_2(
+    option: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_rmdp.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        try:
+            code = main([*TRAIN, *option])
+        except SystemExit as exit_:  # argparse's own errors
+            code = int(exit_.code or 0)
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_tuning_maximizes_the_models_objective() -> None:
+    from test_tuning import tiny_search_space
+
+    from sb3_rmdp.tuning import tune
+
+    study = tune(
+        RG,
+        2,
+        n_trials=1,
+        n_timesteps=256,
+        n_evaluations=1,
+        n_eval_episodes=1,
+        n_startup_trials=1,
+        storage=None,
+        sample_params=tiny_search_space,
+        fairness={"welfare": "egalitarian", "welfare_temperature": 0.05},
+        device="cpu",
+    )
+    trial = study.best_trial
+    assert study.study_name == "ResourceGathering-v0-k2-em-egalitarian"
+    # the egalitarian welfare is the worst-off agent's: the trial's value is its minimum
+    assert trial.value == pytest.approx(trial.user_attrs["egalitarian_welfare"])

@@ -85,8 +85,8 @@ def test_named_objectives() -> None:
         (lambda: welfare_objective(("nash", 1)), "the only objective with a parameter"),
         (lambda: welfare_objective("egalitarian", 0.0), "finite temperature > 0"),
         (
-            lambda: welfare_objective("nash").value(np.array([1.0, 0.0])),
-            "needs positive values, got a minimum of 0",
+            lambda: welfare_objective("nash").value(np.array([1.0, -0.5])),
+            "needs positive values, got a minimum of -0.5",
         ),
         (lambda: welfare_objective("nash").agent_weights(np.array([2.0, -1.0])), "shift the rewards"),
         (lambda: welfare_objective().value(np.array([np.nan])), "must be finite"),
@@ -154,7 +154,10 @@ def test_agents_with_high_outside_values_opt_out() -> None:
         ({"c_max": -1}, "a whole number of agents >= 0"),
         ({"c_min": 1.5}, "a whole number of agents >= 0"),
         ({"outside": np.zeros(3)}, "outside of shape (3,): give one outside value per agent, (4,)"),
-        ({"welfare": "nash", "c_max": 3}, "needs positive values"),
+        (
+            {"welfare": "nash", "c_max": 3, "outside": np.array([-1.0, 0.0, 0.0, 0.0])},
+            "needs positive values",
+        ),
         ({"welfare": WelfareObjective("mine", np.mean, np.ones_like), "c_max": 3}, "no per-agent form"),
     ],
 )
@@ -174,3 +177,13 @@ def test_capacity_limits_scale_to_a_thousand_agents() -> None:
     unlimited = table.max(axis=1).mean()
     got = table[np.arange(1000), assignment].mean()
     assert got <= unlimited and got > 0.95 * unlimited
+
+
+def test_an_agent_at_zero_makes_nash_zero_and_takes_its_gradient_at_the_floor() -> None:
+    from sb3_rmdp.objectives import ZERO_FLOOR
+
+    nash = welfare_objective("nash")
+    assert nash.value(np.array([4.0, 0.0])) == 0.0
+    weights = nash.agent_weights(np.array([4.0, 0.0]))
+    floor = ZERO_FLOOR * 2.0  # of the mean value
+    np.testing.assert_allclose(weights, [1 / 4.0, 1 / floor])
