@@ -6,8 +6,9 @@
 * A line ``<!-- results: KIND NAME... -->`` in a page is replaced by a table built from the committed
   files (so the site never shows a number the results do not hold):
 
-  - ``report NAME`` / ``headline NAME``: the store ``benchmarks/results/NAME/``'s ``report.md`` /
-    ``headline.md``, as ``sb3-rmdp bench report`` wrote them from its ``cells.csv``;
+  - ``report NAME`` / ``headline NAME`` / ``fairness NAME``: the store ``benchmarks/results/NAME/``'s
+    ``report.md`` / ``headline.md`` / ``fairness.md``, as ``sb3-rmdp bench report`` wrote them from its
+    ``cells.csv``;
   - ``committee NAME``: zero-shot, few-shot and best-member welfare of held-out agents per clustering and
     K, from the store ``benchmarks/results/NAME/cells.csv``;
   - ``runs NAME...``: the command, date, machine and notes of ``benchmarks/results/NAME.json``;
@@ -48,7 +49,7 @@ def on_files(files: Files, config: Any) -> Files:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     def replace(match: re.Match[str]) -> str:
         kind, names = match.group(1), match.group(2).split()
-        if kind in ("report", "headline") and len(names) == 1:
+        if kind in ("report", "headline", "fairness") and len(names) == 1:
             return store_report(names[0], kind, page.file.src_uri)
         if kind == "committee" and len(names) == 1:
             return committee_table(names[0])

@@ -330,3 +330,47 @@ def test_tuning_maximizes_the_models_objective() -> None:
     assert study.study_name == "ResourceGathering-v0-k2-em-egalitarian"
     # the egalitarian welfare is the worst-off agent's: the trial's value is its minimum
     assert trial.value == pytest.approx(trial.user_attrs["egalitarian_welfare"])
+
+
+def test_the_fairness_report_compares_objectives_cell_by_cell(tmp_path: Path) -> None:
+    from sb3_rmdp.experiments.fairness import compares_objectives, fairness_table, plot_fairness
+
+    def row(objective: str, seed: int, returns: list[float]) -> dict[str, object]:
+        return {
+            "task": "HalfCheetah",
+            "k": 5,
+            "algorithm": "em",
+            "seed": seed,
+            "objective": objective,
+            "objective_temperature": "10.0" if objective == "egalitarian" else "",
+            "welfare": float(np.mean(returns)),
+            "returns": " ".join(f"{v:.2f}" for v in returns),
+        }
+
+    rows = [row("", 0, [0.0, 10.0, 20.0]), row("", 1, [0.0, 12.0, 30.0])]
+    assert not compares_objectives(rows)
+    rows += [row("egalitarian", 0, [4.0, 8.0, 9.0]), row("egalitarian", 1, [6.0, 8.0, 10.0])]
+    assert compares_objectives(rows)
+    table = fairness_table(rows).splitlines()
+    assert table[2].startswith("| HalfCheetah | 5 | em | utilitarian | 12.00 ± 2.00 (2) | 0.00 ± 0.00 (2)")
+    assert table[2].endswith("66.67% ± 0.00% (2) |")
+    egalitarian = "| HalfCheetah | 5 | em | egalitarian (t = 10) | 7.50 ± 0.50 (2) | 5.00 ± 1.00 (2)"
+    assert table[3].startswith(egalitarian)
+    assert plot_fairness(rows, tmp_path / "fairness.png")
+
+
+def test_a_parameter_named_as_a_metric_is_refused() -> None:
+    from sb3_rmdp.experiments.grid import Experiment, Param, register
+
+    with pytest.raises(ValueError, match=r"\['welfare'\] are both parameters and metrics; rename one"):
+        register(
+            Experiment(
+                name="clash",
+                tasks=("Clash",),
+                params={"welfare": Param(str, "utilitarian")},
+                run=lambda config: {},
+                env_steps=lambda config: 1,
+                steps_per_second={"Clash": 1.0},
+                metrics=("welfare",),
+            )
+        )

@@ -126,7 +126,16 @@ _EXPERIMENTS: dict[str, Experiment] = {}
 
 
 def register(experiment: Experiment) -> Experiment:
-    """Make ``experiment``'s tasks available to grid files."""
+    """Make ``experiment``'s tasks available to grid files.
+
+    :raises ValueError: for a task another experiment has, or a parameter named as a metric (a store row
+        holds both in one column each).
+    """
+    clash = sorted(set(experiment.params) & set(experiment.metrics or ()))
+    if clash:
+        raise ValueError(
+            f"experiment {experiment.name!r}: {clash} are both parameters and metrics; rename one."
+        )
     for task in experiment.tasks:
         if task in _TASKS and _TASKS[task] != experiment.name:
             raise ValueError(f"task {task!r} is already registered by {_TASKS[task]!r}")

@@ -343,9 +343,25 @@ def write_report(grid: Grid, store: Store, folder: str | Path) -> list[Path]:
             figures.append("paths.png")
         (folder / "headline.md").write_text(headline_table(rows) + "\n" + _caption(grid, rows, store))
         written.append(folder / "headline.md")
+        written += _write_fairness(grid, rows, store, folder, figures)
     (folder / "report.md").write_text(report_markdown(grid, rows, store, figures))
     written.append(folder / "report.md")
     return written + [folder / name for name in figures]
+
+
+def _write_fairness(
+    grid: Grid, rows: list[dict[str, Any]], store: Store, folder: Path, figures: list[str]
+) -> list[Path]:
+    """``fairness.md`` and ``fairness.png`` when the grid trains for more than one welfare objective."""
+    from sb3_rmdp.experiments.fairness import compares_objectives, fairness_table, plot_fairness
+
+    if not compares_objectives(rows):
+        return []
+    text = fairness_table(rows) + "\n" + _caption(grid, rows, store)
+    (folder / "fairness.md").write_text(text)
+    if plot_fairness(rows, folder / "fairness.png"):
+        figures.append("fairness.png")
+    return [folder / "fairness.md"]
 
 
 def embed(path: str | Path, grid_name: str, text: str) -> bool:

@@ -37,14 +37,14 @@ PARAMS: dict[str, Param] = {
         str, "argmax", choices=("argmax", "best_response"), algorithms=("end_to_end",)
     ),
     # added after the store was written: its cells keep their keys
-    "welfare": Param(
+    "objective": Param(
         str,
         "utilitarian",
         choices=("utilitarian", "egalitarian", "nash"),
         keyed_default=False,
         help="the objective the M-step follows",
     ),
-    "welfare_temperature": Param(
+    "objective_temperature": Param(
         float,
         1.0,
         minimum=0.0,
@@ -109,8 +109,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         ENV_ID,
         k=k,
         seed=config["seed"],
-        welfare=config["welfare"],
-        welfare_temperature=config["welfare_temperature"],
+        welfare=config["objective"],
+        welfare_temperature=config["objective_temperature"],
         **params,
     )
     model.learn(config["budget_per_representative"] * k)

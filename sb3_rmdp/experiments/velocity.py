@@ -45,11 +45,12 @@ PARAMS: dict[str, Param] = {
     ),
     "end_to_end_mixing": Param(float, 1.0, minimum=0.0, algorithms=("end_to_end",)),
     "kmeans_pretrain_fraction": Param(float, 0.5, minimum=0.0, algorithms=("kmeans",)),
-    # added after the stores were written: their cells keep their keys
-    "welfare": Param(
+    # the welfare objective the model trains for (`welfare=`; the `welfare` column is the measured
+    # utilitarian welfare); added after the stores were written: their cells keep their keys
+    "objective": Param(
         str, "utilitarian", choices=WELFARES, keyed_default=False, help="the objective the M-step follows"
     ),
-    "welfare_temperature": Param(
+    "objective_temperature": Param(
         float, 1.0, minimum=0.0, keyed_default=False, help="the egalitarian smooth minimum's temperature"
     ),
 }
@@ -156,8 +157,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         k=k,
         seed=seed,
         assigner=make_assigner(config, b),
-        welfare=config["welfare"],
-        welfare_temperature=config["welfare_temperature"],
+        welfare=config["objective"],
+        welfare_temperature=config["objective_temperature"],
         **ppo_kwargs(config),
     )
     model.learn(config["budget_per_representative"] * k)
