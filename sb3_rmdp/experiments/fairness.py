@@ -5,7 +5,8 @@ k and objective: the utilitarian welfare (the ``welfare`` column), the worst-off
 10th percentile and the share of agents served (a positive return), mean +- s.e. over seeds; and a
 Pareto-style figure of utilitarian against minimum-agent welfare, one point per cell. The per-agent
 figures come from a row's ``returns`` (every agent's evaluated return, when the experiment keeps it) or
-its ``welfare_min`` / ``welfare_p10`` columns.
+its ``welfare_min`` / ``welfare_p10`` columns; the exact best worst-off return (``optimal_egalitarian``)
+is shown where the experiment knows it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 
 from sb3_rmdp.experiments.report import mean_se
 
-FIGURES = ("welfare", "welfare_min", "welfare_p10", "served_share")
-HEADERS = ("utilitarian welfare", "worst-off agent", "10th percentile", "agents served")
+FIGURES = ("welfare", "welfare_min", "welfare_p10", "served_share", "optimal_egalitarian")
+HEADERS = ("utilitarian welfare", "worst-off agent", "10th percentile", "agents served", "best worst-off")
 
 
 def _objective(row: dict[str, Any]) -> str:
@@ -39,9 +40,10 @@ def agent_figures(row: dict[str, Any]) -> dict[str, float | None]:
             welfare_min=float(values.min()),
             welfare_p10=float(np.percentile(values, 10)),
             served_share=float(np.mean(values > 0)),
+            optimal_egalitarian=None,
         )
         return figures
-    for name in ("welfare_min", "welfare_p10"):
+    for name in ("welfare_min", "welfare_p10", "optimal_egalitarian"):
         text = row.get(name)
         figures[name] = None if text in (None, "") else float(text)
     figures["served_share"] = None
@@ -74,20 +76,30 @@ def fairness_table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of every (task, k, algorithm) trained for more than one objective."""
     groups = fairness_rows(rows)
     compared = {key[:3] for key in groups if sum(other[:3] == key[:3] for other in groups) > 1}
+    # the exact best worst-off return, where the experiment knows it (Resource Gathering)
+    shown = [
+        (name, header)
+        for name, header in zip(FIGURES, HEADERS)
+        if name != "optimal_egalitarian"
+        or any(f[name] is not None for figures in groups.values() for f in figures)
+    ]
     lines = [
-        "| task | k | algorithm | trained for | " + " | ".join(HEADERS) + " |",
-        "|---|---:|---|---|" + "---:|" * len(HEADERS),
+        "| task | k | algorithm | trained for | " + " | ".join(header for _, header in shown) + " |",
+        "|---|---:|---|---|" + "---:|" * len(shown),
     ]
     for (task, k, algorithm, objective), figures in groups.items():
         if (task, k, algorithm) not in compared:
             continue
         cells = []
-        for name in FIGURES:
+        for name, _ in shown:
             values = [f[name] for f in figures if f[name] is not None]
             if not values:
                 cells.append("-")
                 continue
             mean, se = mean_se(values)
+            if name == "optimal_egalitarian":  # exact: the same for every seed
+                cells.append(f"{mean:.2f}")
+                continue
             scale = 100.0 if name == "served_share" else 1.0
             unit = "%" if name == "served_share" else ""
             cells.append(f"{mean * scale:.2f}{unit} ± {se * scale:.2f}{unit} ({len(values)})")
