@@ -76,6 +76,7 @@ def test_train_save_evaluate_export_report(tmp_path: Path, capsys: pytest.Captur
         "utilitarian": utilitarian_welfare(table, assignment),
         "egalitarian": egalitarian_welfare(table, assignment),
         "nash": nash_welfare(table, assignment),
+        "p10": float(np.percentile(table[np.arange(25), assignment], 10)),
     }
     for row in summary["representatives"]:
         agents = row["agents"]
