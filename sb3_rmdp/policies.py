@@ -170,6 +170,12 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         head with ``n_agents`` outputs, the representative entering as a learned vector added to the
         first critic layer's pre-activation (the same as a one-hot input). Its critic has ``k`` times
         fewer head parameters, which is what the optimizer pays for at large ``k x n_agents``.
+    :param critic_agents: train the critic on this many agents per minibatch, drawn afresh for each
+        minibatch (an approximation, off by default: ``None`` trains on all ``n_agents``). The value loss
+        is then the mean over a uniform sample of ``m`` agents, an unbiased estimate of the full one, and
+        the critic head's forward and backward cost ``m / n_agents`` of the full head's. Rollouts and GAE
+        still use every agent's value, so the marginal advantages stay exact for the critic at hand.
+        ``RMDPPPO`` draws the agents (see :meth:`evaluate_actions`); a value ``>= n_agents`` is ``None``.
     """
 
     #: the features extractor unless ``features_extractor_class`` says otherwise
@@ -190,6 +196,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         k: int = 1,
         n_agents: int = 1,
         critic: str = "auto",
+        critic_agents: int | None = None,
         **kwargs: Any,
     ):
         if int(k) < 1:
@@ -205,6 +212,15 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.k = int(k)
         self.n_agents = int(n_agents)
         self.critic_layout = resolve_critic(critic, self.k, self.n_agents)
+        if critic_agents is not None and (isinstance(critic_agents, bool) or int(critic_agents) < 1):
+            raise ValueError(
+                f"critic_agents={critic_agents!r}: train the critic on at least one agent per minibatch, "
+                "or pass None to train it on all of them."
+            )
+        #: agents the critic trains on per minibatch (``None``: all of them)
+        self.critic_agents = (
+            None if critic_agents is None or int(critic_agents) >= self.n_agents else int(critic_agents)
+        )
         if len(args) < 9:  # features_extractor_class is the 9th of ActorCriticPolicy's after lr_schedule
             kwargs.setdefault("features_extractor_class", self.default_features_extractor)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
@@ -221,6 +237,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(k=self.k, n_agents=self.n_agents, critic=self.critic_layout)
+        if self.critic_agents is not None:
+            data["critic_agents"] = self.critic_agents
         return data
 
     # ------------------------------------------------------------------ construction
@@ -394,11 +412,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if small:
             every = layer(latent).view(-1, self.k, size)  # (batch, k, size)
             return th.gather(every, 1, groups.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
-        ordered = latent if groups.order is None else latent[groups.order]
-        out = GroupedLinear.apply(ordered, weight, bias, tuple(groups.counts))
-        if groups.order is None:
-            return out
-        return th.empty_like(out).index_copy(0, groups.order, out)
+        return _grouped_linear(latent, weight, bias, groups)
 
     # ------------------------------------------------------------------ SB3 API with representatives
     def _latents(
@@ -437,11 +451,25 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return self.action_dist.proba_distribution(head, log_std)
         return self.action_dist.proba_distribution(action_logits=head)
 
-    def _values_from_latent(self, latent_vf: th.Tensor, representatives: RepresentativesLike) -> th.Tensor:
-        if self.critic_layout == "conditioned":
-            return self.value_net(latent_vf)
+    def _values_from_latent(
+        self, latent_vf: th.Tensor, representatives: RepresentativesLike, agents: th.Tensor | None = None
+    ) -> th.Tensor:
+        """Values ``(batch, n_agents)``, or ``(batch, m)`` of the ``agents`` ``(m,)`` only (a sampled
+        critic: only their rows of the head are multiplied)."""
+        if agents is None:
+            if self.critic_layout == "conditioned":
+                return self.value_net(latent_vf)
+            index = self.as_representatives(representatives, latent_vf.shape[0])
+            return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+        weight, bias = self.value_net.weight, self.value_net.bias
+        if self.critic_layout == "conditioned" or self.k == 1:
+            return F.linear(latent_vf, th.index_select(weight, 0, agents), th.index_select(bias, 0, agents))
         index = self.as_representatives(representatives, latent_vf.shape[0])
-        return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+        weight = th.index_select(weight.view(self.k, self.n_agents, -1), 1, agents)  # (k, m, latent)
+        bias = th.index_select(bias.view(self.k, self.n_agents), 1, agents)
+        if isinstance(index, int):
+            return F.linear(latent_vf, weight[index], bias[index])
+        return _grouped_linear(latent_vf, weight, bias, index)
 
     def forward(
         self, obs: th.Tensor, deterministic: bool = False, representatives: RepresentativesLike = None
@@ -462,13 +490,21 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return actions, values, log_prob
 
     def evaluate_actions(
-        self, obs: PyTorchObs, actions: th.Tensor, representatives: RepresentativesLike = None
+        self,
+        obs: PyTorchObs,
+        actions: th.Tensor,
+        representatives: RepresentativesLike = None,
+        agents: th.Tensor | None = None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``."""
+        """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``.
+
+        :param agents: ``(m,)`` long, the agents whose values to return (a sampled critic, see
+            ``critic_agents``): values are then ``(batch, m)``; ``None``: every agent.
+        """
         latent_pi, latent_vf, groups = self._latents(obs, representatives)
         distribution = self._get_action_dist_from_latent(latent_pi, groups)
         log_prob = distribution.log_prob(actions)
-        values = self._values_from_latent(latent_vf, groups)
+        values = self._values_from_latent(latent_vf, groups, agents)
         return values, log_prob, distribution.entropy()
 
     def get_distribution(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> Distribution:
@@ -626,6 +662,18 @@ def check_image_layout(observation_space: spaces.Space) -> None:
                 "np.transpose, or your own ObservationWrapper) to (C, H, W) or (H, W, C); SB3 turns "
                 "(H, W, C) into (C, H, W) itself (VecTransposeImage)."
             )
+
+
+def _grouped_linear(
+    latent: th.Tensor, weight: th.Tensor, bias: th.Tensor, groups: RepresentativeGroups
+) -> th.Tensor:
+    """:class:`GroupedLinear` of ``latent`` ``(batch, in)`` with ``weight`` ``(k, size, in)`` and ``bias``
+    ``(k, size)``, each sample by its group's block, for samples in any order: ``(batch, size)``."""
+    ordered = latent if groups.order is None else latent[groups.order]
+    out = GroupedLinear.apply(ordered, weight, bias, tuple(groups.counts))
+    if groups.order is None:
+        return out
+    return th.empty_like(out).index_copy(0, groups.order, out)
 
 
 def _length_error(got: int, batch_size: int) -> str:

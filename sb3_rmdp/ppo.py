@@ -151,8 +151,35 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         return PPO, ppo_arguments(self, progress)
 
     def train(self) -> None:
-        """SB3's PPO update, with marginal advantages and a per-agent value loss (:func:`ppo_update`)."""
-        ppo_update(self)
+        """SB3's PPO update, with marginal advantages and a per-agent value loss (:func:`ppo_update`).
+
+        With the policy's ``critic_agents`` set (a sampled critic), every minibatch's value loss runs
+        over that many agents drawn uniformly without replacement, by the model's own generator
+        (seeded from ``seed``, saved with the model), so SB3's random streams are left as they are.
+        """
+        critic_agents = getattr(self.policy, "critic_agents", None)
+        self.rollout_buffer.critic_agents = critic_agents
+        if critic_agents is not None:
+            if getattr(self, "_critic_agent_generator", None) is None:
+                seed = None if self.seed is None else [int(self.seed), 25]
+                self._critic_agent_generator = np.random.default_rng(seed)
+            self.rollout_buffer.agent_generator = self._critic_agent_generator
+        try:
+            ppo_update(self)
+        finally:
+            self.rollout_buffer.critic_agents = None
+
+    def _evaluate_minibatch(
+        self, rollout_data: Any, actions: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """The policy's values (of the minibatch's sampled agents, with a sampled critic), log-probabilities
+        and entropies of a minibatch's actions under their representatives."""
+        return self.policy.evaluate_actions(
+            rollout_data.observations,
+            actions,
+            representatives=rollout_data.representatives,
+            agents=rollout_data.agents,
+        )
 
     def learn(
         self: SelfRMDPPPO,
