@@ -85,6 +85,7 @@ CONFIGS = [
     Config("rg-25-3", RG, 25, 3, 3, 512),
     Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
+    Config("hc-100000-10", HC, 100_000, 10, 10, 128, rollouts=1),
     # the memory target: 2048 steps per slot, 102,400 transitions x 1000 agents per rollout
     Config("hc-1000-50-mem", HC, 1000, 50, 50, 2048, rollouts=1, n_epochs=1, repeats=1),
     # the other algorithms, n = k = 1 and n = 100, k = 5 (LSTMs of 64 units: sb3-contrib's 256 is slow)

@@ -44,6 +44,8 @@ PARAMS: dict[str, Param] = {
     ),
     "end_to_end_mixing": Param(float, 1.0, minimum=0.0, algorithms=("end_to_end",)),
     "kmeans_pretrain_fraction": Param(float, 0.5, minimum=0.0, algorithms=("kmeans",)),
+    "critic_agents": Param(int, 0, minimum=0, help="agents the critic trains on per minibatch (0: all)"),
+    "compact_rewards": Param(bool, False, help="rewards from the per-step speed, batched (exact)"),
 }
 
 METRICS = (
@@ -136,14 +138,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     env_id = f"sb3_rmdp/{task}Velocity-v0"
     b = TARGET_RANGES[f"{task}-v5"]
     env_kwargs = {"n_agents": config["n_agents"], "seed": seed}
+    if config.get("compact_rewards"):
+        env_kwargs["compact_rewards"] = True
     train_env = VecNormalize(
         make_rmdp_vec_env(env_id, n_envs=k, seed=seed, env_kwargs=env_kwargs),
         norm_obs=True,
         norm_reward=False,
     )
-    model = RMDPPPO(
-        "MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(config, b), **ppo_kwargs(config)
-    )
+    kwargs = ppo_kwargs(config)
+    if config.get("critic_agents"):
+        kwargs["policy_kwargs"]["critic_agents"] = config["critic_agents"]
+    model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(config, b), **kwargs)
     model.learn(config["budget_per_representative"] * k)
 
     eval_env = VecNormalize(
