@@ -63,6 +63,10 @@ class Config:
     repeats: int | None = None
     #: the package's algorithm (a key of ``sb3_rmdp.ALGORITHMS``), against its base (:data:`BASES`)
     algo: str = "ppo"
+    #: velocity envs: rewards from the per-step speed (exact; the base then skips the n rewards too)
+    compact_rewards: bool = False
+    #: the sampled critic's agents per minibatch (``None``: the exact critic over all agents)
+    critic_agents: int | None = None
 
     @property
     def budget(self) -> int:
@@ -86,6 +90,15 @@ CONFIGS = [
     Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
     Config("hc-100000-10", HC, 100_000, 10, 10, 128, rollouts=1),
+    # issue 25's acceptance configurations, today's path and with the options (``-fast``: compact rewards
+    # and a critic trained on 64 agents per minibatch)
+    Config("hc-1000-5-2048", HC, 1000, 5, 5, 2048, rollouts=2),
+    Config("hc-1000-5-2048-fast", HC, 1000, 5, 5, 2048, rollouts=2, compact_rewards=True, critic_agents=64),
+    Config(
+        "hc-1000-50-mem-fast", HC, 1000, 50, 50, 2048, 1, n_epochs=1, compact_rewards=True, critic_agents=64
+    ),
+    Config("hc-10000-10-fast", HC, 10_000, 10, 10, 128, rollouts=1, compact_rewards=True, critic_agents=64),
+    Config("hc-100000-10-fast", HC, 100_000, 10, 10, 128, rollouts=1, compact_rewards=True, critic_agents=64),
     # the memory target: 2048 steps per slot, 102,400 transitions x 1000 agents per rollout
     Config("hc-1000-50-mem", HC, 1000, 50, 50, 2048, rollouts=1, n_epochs=1, repeats=1),
     # the other algorithms, n = k = 1 and n = 100, k = 5 (LSTMs of 64 units: sb3-contrib's 256 is slow)
@@ -123,6 +136,8 @@ def make_vec_env(config: Config, seed: int, vec_env: str | None = None) -> Any:
         return make_rmdp_vec_env(masked, n_envs=config.n_envs, seed=seed)
     grid = {"size": round(config.n_agents**0.5)} if config.n_agents != 25 else {}
     env_kwargs = grid if config.env in (RG, MRG) else {"n_agents": config.n_agents, "seed": seed}
+    if config.compact_rewards:
+        env_kwargs["compact_rewards"] = True
     return make_rmdp_vec_env(config.env, n_envs=config.n_envs, seed=seed, env_kwargs=env_kwargs)
 
 
@@ -145,7 +160,7 @@ def build_model(config: Config, algorithm: str, seed: int) -> Any:
         module, name = BASES[config.algo].split(":")
         base = getattr(importlib.import_module(module), name)
         return base(policy, vec_env, policy_kwargs=policy_kwargs, **common)
-    policy_kwargs["critic"] = config.critic
+    policy_kwargs.update(critic=config.critic, critic_agents=config.critic_agents)
     return algorithm_class(config.algo)(policy, vec_env, k=config.k, policy_kwargs=policy_kwargs, **common)
 
 
