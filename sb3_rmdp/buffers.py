@@ -334,14 +334,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
                 advantages = normalize_sorted_groups(advantages, counts)
         else:
             advantages = flat(self.advantages)[rows]
-        agents = None
-        if self.critic_agents is not None:
-            assert self.agent_generator is not None, "a sampled critic needs the buffer's agent_generator"
-            agents = np.sort(self.agent_generator.choice(self.n_agents, self.critic_agents, replace=False))
+        columns, agents = self._critic_columns()
 
         def per_agent(array: np.ndarray) -> np.ndarray:
             """``(B, n_agents)`` rows of a per-agent array, or ``(B, m)`` of the sampled agents."""
-            return flat(array)[rows] if agents is None else flat(array)[rows[:, None], agents]
+            return flat(array)[rows] if columns is None else flat(array)[rows[:, None], columns]
 
         data = (
             flat(self.actions)[rows].astype(np.float32, copy=False),
@@ -369,6 +366,15 @@ class RMDPRolloutBuffer(RolloutBuffer):
             agents=None if agents is None else th.as_tensor(agents, device=self.device),
         )
         return self._with_extras(minibatch, rows)
+
+    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A minibatch's columns of the per-agent arrays and the agents they hold, ``(m,)`` each: a fresh
+        sample of :attr:`critic_agents` agents, or ``(None, None)`` for all of them."""
+        if self.critic_agents is None:
+            return None, None
+        assert self.agent_generator is not None, "a sampled critic needs the buffer's agent_generator"
+        agents = np.sort(self.agent_generator.choice(self.n_agents, self.critic_agents, replace=False))
+        return agents, agents
 
     def _with_extras(self, samples: RMDPRolloutBufferSamples, rows: np.ndarray) -> RMDPRolloutBufferSamples:
         """``samples`` with what a subclass stores besides SB3's fields (e.g. action masks) of ``rows``."""

@@ -41,6 +41,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
+from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer, collect_aggregate_rollouts
 from sb3_rmdp.assigners import Assigner, make_assigner
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.buffers import RMDPDictRolloutBuffer, RMDPRolloutBuffer
@@ -535,6 +536,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         """
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, RMDPRolloutBuffer)
+        if isinstance(rollout_buffer, RMDPAggregateRolloutBuffer):  # agents aggregated by representative
+            return collect_aggregate_rollouts(self, env, callback, rollout_buffer, n_rollout_steps)
         self.policy.set_training_mode(False)
         n_steps = 0
         rollout_buffer.reset()

@@ -176,6 +176,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         the critic head's forward and backward cost ``m / n_agents`` of the full head's. Rollouts and GAE
         still use every agent's value, so the marginal advantages stay exact for the critic at hand.
         ``RMDPPPO`` draws the agents (see :meth:`evaluate_actions`); a value ``>= n_agents`` is ``None``.
+        The head's sampled rows then step by a lazy Adam of their own (:meth:`step_sampled_critic`, the
+        optimizer's lr, betas and eps; moments kept as buffers of the policy): the other rows, which have
+        no gradient, stay as they are, and the optimizer costs ``m`` rows per minibatch, not ``n_agents``.
     """
 
     #: the features extractor unless ``features_extractor_class`` says otherwise
@@ -277,6 +280,15 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             self.critic_embedding = nn.Parameter(th.zeros(self.k, first.out_features))
         else:
             self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.k * self.n_agents)
+        if self.critic_agents is not None:
+            # the lazy Adam moments of the sampled critic rows (see step_sampled_critic)
+            # the lazy Adam moments of the sampled critic rows (see step_sampled_critic): each row's weights
+            # and its bias as one row of latent_dim + 1 entries
+            rows, width = self.value_net.weight.shape
+            self.register_buffer("critic_rows_exp_avg", th.zeros(rows, width + 1))
+            self.register_buffer("critic_rows_exp_avg_sq", th.zeros(rows, width + 1))
+            self.register_buffer("critic_rows_steps", th.zeros((), dtype=th.long))
+        self._sampled_rows: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
         if self.ortho_init:
             module_gains = {
                 self.features_extractor: np.sqrt(2),
@@ -461,15 +473,60 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                 return self.value_net(latent_vf)
             index = self.as_representatives(representatives, latent_vf.shape[0])
             return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+        rows = agents
+        if self.critic_layout != "conditioned" and self.k > 1:  # agent i of block j is row j * n_agents + i
+            blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
+            rows = (blocks + agents.unsqueeze(0)).flatten()
         weight, bias = self.value_net.weight, self.value_net.bias
+        if self.critic_agents is not None and th.is_grad_enabled():
+            # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
+            weight = weight.detach()[rows].requires_grad_(True)
+            bias = bias.detach()[rows].requires_grad_(True)
+            self._sampled_rows = (rows, weight, bias)
+        else:
+            weight, bias = th.index_select(weight, 0, rows), th.index_select(bias, 0, rows)
         if self.critic_layout == "conditioned" or self.k == 1:
-            return F.linear(latent_vf, th.index_select(weight, 0, agents), th.index_select(bias, 0, agents))
+            return F.linear(latent_vf, weight, bias)
         index = self.as_representatives(representatives, latent_vf.shape[0])
-        weight = th.index_select(weight.view(self.k, self.n_agents, -1), 1, agents)  # (k, m, latent)
-        bias = th.index_select(bias.view(self.k, self.n_agents), 1, agents)
+        weight = weight.view(self.k, len(agents), -1)  # (k, m, latent)
+        bias = bias.view(self.k, len(agents))
         if isinstance(index, int):
             return F.linear(latent_vf, weight[index], bias[index])
         return _grouped_linear(latent_vf, weight, bias, index)
+
+    def sampled_critic_parameters(self) -> list[th.Tensor]:
+        """The sampled critic rows of the last training forward pass (leaves whose gradients count in the
+        gradient clipping), or ``[]``."""
+        return [] if self._sampled_rows is None else list(self._sampled_rows[1:])
+
+    @th.no_grad()
+    def step_sampled_critic(self) -> None:
+        """Adam on the critic rows of the last training forward pass only (a lazy Adam: rows without a
+        gradient keep their values and moments), with the policy optimizer's lr, betas and eps."""
+        if self._sampled_rows is None:
+            return
+        rows, weight, bias = self._sampled_rows
+        self._sampled_rows = None
+        if weight.grad is None:
+            return
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group.get("betas", (0.9, 0.999))
+        lr, eps = float(group["lr"]), float(group.get("eps", 1e-8))
+        self.critic_rows_steps += 1
+        step = int(self.critic_rows_steps)
+        correction1, correction2 = 1.0 - beta1**step, 1.0 - beta2**step
+        grad = th.cat((weight.grad, bias.grad.unsqueeze(1)), dim=1)  # (rows, latent_dim + 1)
+        m = self.critic_rows_exp_avg.index_select(0, rows).lerp_(grad, 1.0 - beta1)
+        v = (
+            self.critic_rows_exp_avg_sq.index_select(0, rows)
+            .mul_(beta2)
+            .addcmul_(grad, grad, value=1.0 - beta2)
+        )
+        self.critic_rows_exp_avg.index_copy_(0, rows, m)
+        self.critic_rows_exp_avg_sq.index_copy_(0, rows, v)
+        update = m.div_(v.sqrt_().div_(correction2**0.5).add_(eps)).mul_(-lr / correction1)
+        self.value_net.weight.data.index_add_(0, rows, update[:, :-1])
+        self.value_net.bias.data.index_add_(0, rows, update[:, -1])
 
     def forward(
         self, obs: th.Tensor, deterministic: bool = False, representatives: RepresentativesLike = None

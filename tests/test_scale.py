@@ -9,6 +9,8 @@ import torch as th
 from gymnasium import spaces
 
 from sb3_rmdp import RMDPPPO
+from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.envs import make_rmdp_vec_env
 from sb3_rmdp.envs.velocity import VelocityPopulation, mean_velocity_reward, velocity_rewards
 from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
@@ -104,11 +106,16 @@ def test_sampled_critic_values_are_the_full_critic_columns(critic: str, k: int) 
     assert values.shape == (12, 7)
     th.testing.assert_close(values, full[:, agents])
     assert th.equal(log_prob, full_log_prob) and th.equal(entropy, full_entropy)
-    # Only the sampled agents' rows of the head get a gradient.
+    # The sampled rows are leaves of their own, and the lazy Adam step moves those rows only.
+    rows, bias = policy.sampled_critic_parameters()
     values.sum().backward()
-    grad = policy.value_net.weight.grad.view(1 if critic == "conditioned" else k, n_agents, -1)
-    touched = grad.abs().sum(dim=(0, 2)) > 0
-    assert th.equal(touched.nonzero().flatten(), th.sort(agents).values)
+    assert rows.grad is not None and bias.grad is not None and policy.value_net.weight.grad is None
+    before = policy.value_net.weight.detach().clone().view(1 if critic == "conditioned" else k, n_agents, -1)
+    policy.step_sampled_critic()
+    after = policy.value_net.weight.detach().view_as(before)
+    moved = (after != before).any(dim=2).any(dim=0)
+    assert th.equal(moved.nonzero().flatten(), th.sort(agents).values)
+    assert int(policy.critic_rows_steps) == 1 and policy.sampled_critic_parameters() == []
 
 
 def test_sampled_critic_trains_saves_and_loads(tmp_path) -> None:
@@ -130,3 +137,65 @@ def test_critic_agents_must_be_positive() -> None:
             n_agents=4,
             critic_agents=0,
         )
+
+
+def _aggregate_model(n_steps: int, tracked: int, assigner: str = "em", compact: bool = True) -> RMDPPPO:
+    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": compact})
+    return RMDPPPO(
+        "MlpPolicy",
+        env,
+        k=2,
+        assigner=assigner,
+        n_steps=n_steps,
+        batch_size=100,
+        n_epochs=1,
+        seed=3,
+        device="cpu",
+        rollout_buffer_class=RMDPAggregateRolloutBuffer,
+        rollout_buffer_kwargs={"tracked_agents": tracked},
+    )
+
+
+def test_aggregate_marginal_advantages_are_the_per_agent_ones() -> None:
+    # Tracking every agent, the buffer holds the per-agent advantages too: the aggregate GAE (from the
+    # speeds and the critic latents) must give their alpha-weighted sums, time-limit bootstraps included.
+    model = _aggregate_model(600, tracked=30)
+    buffer = model.rollout_buffer
+    compared = []
+    aggregate = buffer._compute_marginal_advantages
+
+    def compare(alpha: np.ndarray) -> np.ndarray:
+        marginal = aggregate(alpha)
+        expected = RMDPRolloutBuffer._compute_marginal_advantages(buffer, alpha)
+        np.testing.assert_allclose(marginal, expected, rtol=1e-4, atol=1e-4)
+        compared.append(len(buffer.bootstraps))
+        return marginal
+
+    buffer._compute_marginal_advantages = compare  # type: ignore[method-assign]
+    model.learn(3 * 2 * 600)
+    assert len(compared) == 3 and sum(compared) == 2  # both slots cut their first episode at 1000 steps
+
+
+def test_aggregate_episode_returns_are_the_summed_reward_vectors() -> None:
+    # One rollout of 1100 steps: the same trajectory as the per-agent path, whose returns are the sums
+    # of the reward vectors; the aggregate path sums the tents from the episode's speeds.
+    plain = _train_one_rollout()
+    aggregate = _aggregate_model(1100, tracked=8).learn(2 * 1100)
+    for ours, expected in zip(aggregate.rollout_episode_returns, plain.rollout_episode_returns):
+        assert ours.shape == expected.shape == (1, 30)
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
+    assert np.array_equal(aggregate._last_obs, plain._last_obs)
+    assert aggregate.rollout_buffer.n_agents == 8 and len(aggregate.rollout_buffer.tracked) == 8
+
+
+def _train_one_rollout() -> RMDPPPO:
+    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": True})
+    model = RMDPPPO("MlpPolicy", env, k=2, n_steps=1100, batch_size=100, n_epochs=1, seed=3, device="cpu")
+    return model.learn(2 * 1100)
+
+
+def test_aggregate_buffer_refuses_what_it_cannot_aggregate() -> None:
+    with pytest.raises(ValueError, match="compact rewards"):
+        _aggregate_model(64, tracked=8, compact=False).learn(128)
+    with pytest.raises(ValueError, match="end-to-end"):
+        _aggregate_model(64, tracked=8, assigner="end_to_end").learn(128)

@@ -99,6 +99,28 @@ def mean_velocity_reward(
     return float(0.1 * total / len(sorted_targets))
 
 
+def _tent_sums(points: np.ndarray, weights: np.ndarray, queries: np.ndarray, b: float) -> np.ndarray:
+    """``sum_p weights[p] * 0.1 * clip(1 - |q - points[p]| / w, 0, 1)`` for each query q, ``w = b / 20``.
+
+    The tents that reach q are two linear pieces in ``points[p]``, summed from prefix sums.
+
+    :param points: ``(p,)`` ascending.
+    :param weights: ``(p,)``.
+    :param queries: ``(q,)``.
+    :return: ``(q,)`` float64.
+    """
+    width = b / 20.0
+    q = np.asarray(queries, dtype=np.float64).reshape(-1)
+    total = np.concatenate(([0.0], np.cumsum(weights)))
+    moment = np.concatenate(([0.0], np.cumsum(weights * points)))
+    low = np.searchsorted(points, q - width, side="right")
+    mid = np.searchsorted(points, q, side="right")
+    high = np.searchsorted(points, q + width, side="left")
+    below = (total[mid] - total[low]) * (1.0 - q / width) + (moment[mid] - moment[low]) / width
+    above = (total[high] - total[mid]) * (1.0 + q / width) - (moment[high] - moment[mid]) / width
+    return 0.1 * (below + above)
+
+
 class VelocityPopulation(gym.Wrapper):
     """An r-MDP over a MuJoCo env: ``n_agents`` agents, each rewarded for moving at its target speed.
 
@@ -148,11 +170,32 @@ class VelocityPopulation(gym.Wrapper):
             )
         return obs, velocity_rewards(info["x_velocity"], self.targets, self.b), terminated, truncated, info
 
-    def rewards_from_statistics(self, statistics: np.ndarray) -> np.ndarray:
+    def rewards_from_statistics(self, statistics: np.ndarray, agents: np.ndarray | None = None) -> np.ndarray:
         """Every agent's reward at each of ``statistics`` (forward speeds ``(m,)``): ``(m, n_agents)``
-        float32, row e equal bit for bit to ``velocity_rewards(statistics[e], targets, b)``."""
+        float32, row e equal bit for bit to ``velocity_rewards(statistics[e], targets, b)``; with
+        ``agents`` ``(a,)``, those agents' columns only, ``(m, a)``."""
         speeds = np.asarray(statistics, dtype=np.float64).reshape(-1, 1)
-        return velocity_rewards(speeds, self.targets, self.b)  # type: ignore[arg-type]
+        targets = self.targets if agents is None else self.targets[agents]
+        return velocity_rewards(speeds, targets, self.b)  # type: ignore[arg-type]
+
+    def weighted_rewards_from_statistics(self, statistics: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``sum_i weights[i] * reward_i`` at each of ``statistics`` ``(m,)``, in ``O((n + m) log n)``.
+
+        A representative's aggregate reward under its assignment column: equal, up to rounding, to
+        ``rewards_from_statistics(statistics) @ weights``, without the ``(m, n_agents)`` array.
+
+        :param weights: ``(n_agents,)``.
+        :return: ``(m,)`` float64.
+        """
+        order = np.argsort(self.targets, kind="stable")
+        return _tent_sums(self.targets[order], np.asarray(weights, np.float64)[order], statistics, self.b)
+
+    def episode_returns_from_statistics(self, statistics: np.ndarray) -> np.ndarray:
+        """Every agent's undiscounted return over the steps of ``statistics`` (an episode's speeds ``(T,)``),
+        ``(n_agents,)`` float64, in ``O((n + T) log T)``; equal, up to rounding, to the sum of the reward
+        vectors. (The tent is symmetric: agent i's return is the tent sum of the speeds at its target.)"""
+        speeds = np.sort(np.asarray(statistics, dtype=np.float64).reshape(-1))
+        return _tent_sums(speeds, np.ones(len(speeds)), self.targets, self.b)
 
 
 def make_velocity_env(
