@@ -46,6 +46,7 @@ PARAMS: dict[str, Param] = {
     "kmeans_pretrain_fraction": Param(float, 0.5, minimum=0.0, algorithms=("kmeans",)),
     "critic_agents": Param(int, 0, minimum=0, help="agents the critic trains on per minibatch (0: all)"),
     "compact_rewards": Param(bool, False, help="rewards from the per-step speed, batched (exact)"),
+    "tracked_agents": Param(int, 0, minimum=0, help="aggregate agents by representative, track m (0: off)"),
 }
 
 METRICS = (
@@ -148,6 +149,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     kwargs = ppo_kwargs(config)
     if config.get("critic_agents"):
         kwargs["policy_kwargs"]["critic_agents"] = config["critic_agents"]
+    if config.get("tracked_agents"):
+        from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+
+        kwargs["rollout_buffer_class"] = RMDPAggregateRolloutBuffer
+        kwargs["rollout_buffer_kwargs"] = {"tracked_agents": config["tracked_agents"]}
     model = RMDPPPO("MlpPolicy", train_env, k=k, seed=seed, assigner=make_assigner(config, b), **kwargs)
     model.learn(config["budget_per_representative"] * k)
 
