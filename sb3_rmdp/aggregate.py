@@ -271,7 +271,7 @@ def collect_aggregate_rollouts(
         model._last_episode_starts = dones
 
     with th.no_grad():
-        obs_tensor = obs_as_tensor(new_obs, model.device)
+        obs_tensor = obs_as_tensor(new_obs, model.device)  # type: ignore[arg-type]
         _, latent_vf, groups = policy._latents(obs_tensor, model._slot_representatives)
         values = policy._values_from_latent(latent_vf, groups, tracked)
     buffer.last_latents = latent_vf.cpu().numpy().astype(np.float64)

@@ -189,6 +189,11 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     value_net: nn.Linear
     #: the resolved critic layout, ``"per_representative"`` or ``"conditioned"``
     critic_layout: str
+    #: a sampled critic's lazy Adam state (buffers, with ``critic_agents`` only): the moments of each head
+    #: row (its weights and bias) and the number of steps
+    critic_rows_exp_avg: th.Tensor
+    critic_rows_exp_avg_sq: th.Tensor
+    critic_rows_steps: th.Tensor
 
     def __init__(
         self,
@@ -477,7 +482,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if self.critic_layout != "conditioned" and self.k > 1:  # agent i of block j is row j * n_agents + i
             blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
             rows = (blocks + agents.unsqueeze(0)).flatten()
-        weight, bias = self.value_net.weight, self.value_net.bias
+        weight: th.Tensor = self.value_net.weight
+        bias: th.Tensor = self.value_net.bias
         if self.critic_agents is not None and th.is_grad_enabled():
             # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
             weight = weight.detach()[rows].requires_grad_(True)
@@ -507,7 +513,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return
         rows, weight, bias = self._sampled_rows
         self._sampled_rows = None
-        if weight.grad is None:
+        if weight.grad is None or bias.grad is None:
             return
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group.get("betas", (0.9, 0.999))

@@ -116,7 +116,7 @@ class AgentRewardsWrapper(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         if AGENT_REWARD_STATISTIC_KEY in info:  # compact rewards: `reward` is the agents' mean already
-            return obs, float(reward), terminated, truncated, info  # type: ignore[arg-type]
+            return obs, float(reward), terminated, truncated, info
         agent_rewards = check_agent_rewards(reward, self.n_agents)
         info[AGENT_REWARDS_KEY] = agent_rewards
         return obs, float(agent_rewards.mean()), terminated, truncated, info
