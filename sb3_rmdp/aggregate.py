@@ -121,17 +121,64 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         if self.n_agents < self.population:
             self.tracked = np.sort(generator.choice(self.population, self.n_agents, replace=False))
 
-    def add_aggregates(self, statistics: np.ndarray, latents: th.Tensor) -> None:
-        """Store the step's reward statistics ``(n_envs,)`` and critic latents ``(n_envs, latent_dim)``;
-        call before :meth:`add` (which moves the position on)."""
+    def add_step(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        episode_start: np.ndarray,
+        log_prob: th.Tensor,
+        representatives: np.ndarray,
+        statistics: np.ndarray,
+        latents: th.Tensor,
+    ) -> None:
+        """Store one step of all slots: SB3's fields, the reward statistics ``(n_envs,)`` and the critic
+        latents ``(n_envs, latent_dim)``. The tracked agents' rewards and values are formed for the whole
+        rollout at once, by :meth:`finish`."""
         latents_np = latents.detach().cpu().numpy()
         if getattr(self, "latents", None) is None or self.latents.shape[2:] != latents_np.shape[1:]:
             self.latents = np.zeros((self.buffer_size, self.n_envs, *latents_np.shape[1:]), dtype=np.float32)
         self.statistics[self.pos] = statistics
         self.latents[self.pos] = latents_np
+        self.step_representatives[self.pos] = representatives
+        self._sample_representatives = None
+        self._store_observations(obs)
+        self.actions[self.pos] = np.array(action).reshape((self.n_envs, self.action_dim))
+        self.episode_starts[self.pos] = np.array(episode_start)
+        self.log_probs[self.pos] = log_prob.cpu().numpy()
+        self.pos += 1
+        self.full = self.pos == self.buffer_size
 
-    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+    @th.no_grad()
+    def finish(self, rewards_of: Any, last_latents: th.Tensor, dones: np.ndarray) -> None:
+        """The tracked agents' rewards (from the statistics, plus the time-limit bootstraps) and values (from
+        the latents), then their GAE.
+
+        :param rewards_of: the env's ``rewards_from_statistics``.
+        :param last_latents: ``(n_envs, latent_dim)`` critic latents of the observations after the last step.
+        :param dones: ``(n_envs,)`` whether the last step ended an episode.
+        """
+        assert self.policy is not None
+        self.last_latents = last_latents.cpu().numpy().astype(np.float64)
         self.last_dones = np.asarray(dones).copy()
+        statistics = self.statistics.reshape(-1)
+        self.rewards[:] = np.asarray(rewards_of(statistics, self.tracked), dtype=np.float32).reshape(
+            self.rewards.shape
+        )
+        tracked = th.as_tensor(self.tracked, device=self.device)
+        representatives = self.step_representatives[0]
+        for slot, j in enumerate(representatives):
+            latents = th.as_tensor(self.latents[:, slot], device=self.device)
+            self.values[:, slot] = self.policy._values_from_latent(latents, int(j), tracked).cpu().numpy()
+        for step, slot, latent in self.bootstraps:
+            latent_t = th.as_tensor(latent[None], dtype=th.float32, device=self.device)
+            bootstrap = self.policy._values_from_latent(latent_t, int(representatives[slot]), tracked)[0]
+            self.rewards[step, slot] += self.gamma * bootstrap.cpu().numpy()
+        last_values = th.stack(
+            [
+                self.policy._values_from_latent(last_latents[slot : slot + 1], int(j), tracked)[0]
+                for slot, j in enumerate(representatives)
+            ]
+        )
         super().compute_returns_and_advantage(last_values, dones)
 
     def fix_assignment(self, alpha: np.ndarray | None, normalize: bool = False) -> None:
@@ -195,13 +242,17 @@ def collect_aggregate_rollouts(
     buffer.reset()
     buffer.draw_tracked(agent_generator(model))
     buffer.policy = policy
+    if model.rotates_representatives:
+        raise ValueError(
+            "RMDPAggregateRolloutBuffer needs env slots that keep their representative: pass n_envs a "
+            f"multiple of k (got n_envs={model.n_envs}, k={model.k})."
+        )
     rewards_of = env.get_attr("rewards_from_statistics", indices=[0])[0]
     buffer.weighted_rewards = env.get_attr("weighted_rewards_from_statistics", indices=[0])[0]
     episode_returns_of = env.get_attr("episode_returns_from_statistics", indices=[0])[0]
     history = getattr(model, "_episode_statistics", None)
     if history is None or len(history) != model.n_envs:
         history = model._episode_statistics = [[] for _ in range(model.n_envs)]
-    tracked = th.as_tensor(buffer.tracked, device=model.device)
     callback.on_rollout_start()
     finished: list[list[np.ndarray]] = [[] for _ in range(model.k)]
 
@@ -209,7 +260,6 @@ def collect_aggregate_rollouts(
         with th.no_grad():
             obs_tensor = obs_as_tensor(model._last_obs, model.device)
             latent_pi, latent_vf, groups = policy._latents(obs_tensor, model._slot_representatives)
-            values = policy._values_from_latent(latent_vf, groups, tracked)
             distribution = policy._get_action_dist_from_latent(latent_pi, groups)
             action_tensor = distribution.get_actions()
             log_probs = distribution.log_prob(action_tensor)
@@ -239,10 +289,8 @@ def collect_aggregate_rollouts(
                 "env_kwargs={'compact_rewards': True}."
             )
         statistics = np.array([info[AGENT_REWARD_STATISTIC_KEY] for info in infos], dtype=np.float64)
-        agent_rewards = np.asarray(rewards_of(statistics, buffer.tracked), dtype=np.float32)
         for slot, statistic in enumerate(statistics):
             history[slot].append(float(statistic))
-        buffer.add_aggregates(statistics, latent_vf)
         for idx in np.flatnonzero(dones):
             finished[slot_reps[idx]].append(episode_returns_of(np.array(history[idx])))
             history[idx] = []
@@ -251,31 +299,21 @@ def collect_aggregate_rollouts(
             ):
                 terminal_obs = policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                 with th.no_grad():
-                    _, terminal_latent, rep = policy._latents(terminal_obs, int(slot_reps[idx]))
-                    terminal_values = policy._values_from_latent(terminal_latent, rep, tracked)[0]
-                agent_rewards[idx] += model.gamma * terminal_values.cpu().numpy()
+                    _, terminal_latent, _ = policy._latents(terminal_obs, int(slot_reps[idx]))
                 buffer.bootstraps.append(
                     (buffer.pos, int(idx), terminal_latent[0].cpu().numpy().astype(np.float64))
                 )
 
-        buffer.add(
-            model._last_obs,
-            actions,
-            agent_rewards,
-            model._last_episode_starts,
-            values,
-            log_probs,
-            representatives=slot_reps,
+        buffer.add_step(
+            model._last_obs, actions, model._last_episode_starts, log_probs, slot_reps, statistics, latent_vf
         )
         model._last_obs = new_obs
         model._last_episode_starts = dones
 
     with th.no_grad():
         obs_tensor = obs_as_tensor(new_obs, model.device)  # type: ignore[arg-type]
-        _, latent_vf, groups = policy._latents(obs_tensor, model._slot_representatives)
-        values = policy._values_from_latent(latent_vf, groups, tracked)
-    buffer.last_latents = latent_vf.cpu().numpy().astype(np.float64)
-    buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        _, latent_vf, _ = policy._latents(obs_tensor, model._slot_representatives)
+    buffer.finish(rewards_of, latent_vf, dones)
     if not model._warned_return_scale:
         model._warn_on_return_scale(buffer.returns)
 
