@@ -494,11 +494,13 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if self.critic_layout == "conditioned" or self.k == 1:
             return F.linear(latent_vf, weight, bias)
         index = self.as_representatives(representatives, latent_vf.shape[0])
-        weight = weight.view(self.k, len(agents), -1)  # (k, m, latent)
-        bias = bias.view(self.k, len(agents))
+        size = len(agents)
         if isinstance(index, int):
-            return F.linear(latent_vf, weight[index], bias[index])
-        return _grouped_linear(latent_vf, weight, bias, index)
+            return F.linear(latent_vf, weight.view(self.k, size, -1)[index], bias.view(self.k, size)[index])
+        if self.k * size <= FULL_HEAD_MAX_OUTPUTS:  # as the action heads: one product and a gather
+            every = F.linear(latent_vf, weight, bias).view(-1, self.k, size)
+            return th.gather(every, 1, index.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
+        return _grouped_linear(latent_vf, weight.view(self.k, size, -1), bias.view(self.k, size), index)
 
     def sampled_critic_parameters(self) -> list[th.Tensor]:
         """The sampled critic rows of the last training forward pass (leaves whose gradients count in the
