@@ -44,9 +44,16 @@ PARAMS: dict[str, Param] = {
     ),
     "end_to_end_mixing": Param(float, 1.0, minimum=0.0, algorithms=("end_to_end",)),
     "kmeans_pretrain_fraction": Param(float, 0.5, minimum=0.0, algorithms=("kmeans",)),
-    "critic_agents": Param(int, 0, minimum=0, help="agents the critic trains on per minibatch (0: all)"),
-    "compact_rewards": Param(bool, False, help="rewards from the per-step speed, batched (exact)"),
-    "tracked_agents": Param(int, 0, minimum=0, help="aggregate agents by representative, track m (0: off)"),
+    # added after stores were written: out of the cell key while at their defaults
+    "critic_agents": Param(
+        int, 0, minimum=0, keyed_default=False, help="agents the critic trains on per minibatch (0: all)"
+    ),
+    "compact_rewards": Param(
+        bool, False, keyed_default=False, help="rewards from the per-step speed, batched (exact)"
+    ),
+    "tracked_agents": Param(
+        int, 0, minimum=0, keyed_default=False, help="aggregate agents by representative, track m (0: off)"
+    ),
 }
 
 METRICS = (
