@@ -295,6 +295,7 @@ def main() -> None:
                         "percent": entry["percent"],
                         "calls": entry["calls"],
                         "total_s": result["total_s"],
+                        "peak_rss_mb": round(result["peak_rss_mb"], 1),
                     }
                 )
             summary = ", ".join(

@@ -63,6 +63,12 @@ class Config:
     repeats: int | None = None
     #: the package's algorithm (a key of ``sb3_rmdp.ALGORITHMS``), against its base (:data:`BASES`)
     algo: str = "ppo"
+    #: velocity envs: rewards from the per-step speed (exact; the base then skips the n rewards too)
+    compact_rewards: bool = False
+    #: the sampled critic's agents per minibatch (``None``: the exact critic over all agents)
+    critic_agents: int | None = None
+    #: agents aggregated by representative, this many tracked for the critic (``RMDPAggregateRolloutBuffer``)
+    tracked_agents: int | None = None
 
     @property
     def budget(self) -> int:
@@ -85,6 +91,40 @@ CONFIGS = [
     Config("rg-25-3", RG, 25, 3, 3, 512),
     Config("rg-25-3-vec", RG, 25, 3, 3, 512, vec_env="batched"),
     Config("hc-10000-10", HC, 10_000, 10, 10, 128, rollouts=1),
+    Config("hc-100000-10", HC, 100_000, 10, 10, 128, rollouts=1),
+    # issue 25's acceptance configurations, today's path and with the options (``-fast``: compact rewards
+    # and a critic trained on 64 agents per minibatch)
+    Config("hc-1000-5-2048", HC, 1000, 5, 5, 2048, rollouts=2),
+    Config("hc-1000-5-2048-fast", HC, 1000, 5, 5, 2048, rollouts=2, compact_rewards=True, critic_agents=64),
+    Config(
+        "hc-1000-50-mem-fast", HC, 1000, 50, 50, 2048, 1, n_epochs=1, compact_rewards=True, critic_agents=64
+    ),
+    Config("hc-10000-10-fast", HC, 10_000, 10, 10, 128, rollouts=1, compact_rewards=True, critic_agents=64),
+    Config("hc-100000-10-fast", HC, 100_000, 10, 10, 128, rollouts=1, compact_rewards=True, critic_agents=64),
+    # ``-agg``: compact rewards, agents aggregated by representative, 256 tracked, 64 per minibatch
+    *(
+        Config(
+            f"{name}-agg",
+            HC,
+            n,
+            k,
+            k,
+            n_steps,
+            rollouts,
+            n_epochs=epochs,
+            compact_rewards=True,
+            tracked_agents=256,
+            critic_agents=64,
+        )
+        for name, n, k, n_steps, rollouts, epochs in [
+            ("hc-100-5", 100, 5, 1024, 3, 10),
+            ("hc-1000-5", 1000, 5, 1024, 3, 10),
+            ("hc-1000-5-2048", 1000, 5, 2048, 2, 10),
+            ("hc-1000-50-mem", 1000, 50, 2048, 1, 1),
+            ("hc-10000-10", 10_000, 10, 128, 1, 10),
+            ("hc-100000-10", 100_000, 10, 128, 1, 10),
+        ]
+    ),
     # the memory target: 2048 steps per slot, 102,400 transitions x 1000 agents per rollout
     Config("hc-1000-50-mem", HC, 1000, 50, 50, 2048, rollouts=1, n_epochs=1, repeats=1),
     # the other algorithms, n = k = 1 and n = 100, k = 5 (LSTMs of 64 units: sb3-contrib's 256 is slow)
@@ -122,6 +162,8 @@ def make_vec_env(config: Config, seed: int, vec_env: str | None = None) -> Any:
         return make_rmdp_vec_env(masked, n_envs=config.n_envs, seed=seed)
     grid = {"size": round(config.n_agents**0.5)} if config.n_agents != 25 else {}
     env_kwargs = grid if config.env in (RG, MRG) else {"n_agents": config.n_agents, "seed": seed}
+    if config.compact_rewards:
+        env_kwargs["compact_rewards"] = True
     return make_rmdp_vec_env(config.env, n_envs=config.n_envs, seed=seed, env_kwargs=env_kwargs)
 
 
@@ -144,7 +186,14 @@ def build_model(config: Config, algorithm: str, seed: int) -> Any:
         module, name = BASES[config.algo].split(":")
         base = getattr(importlib.import_module(module), name)
         return base(policy, vec_env, policy_kwargs=policy_kwargs, **common)
-    policy_kwargs["critic"] = config.critic
+    policy_kwargs.update(critic=config.critic, critic_agents=config.critic_agents)
+    if config.tracked_agents is not None:
+        from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+
+        common.update(
+            rollout_buffer_class=RMDPAggregateRolloutBuffer,
+            rollout_buffer_kwargs={"tracked_agents": config.tracked_agents},
+        )
     return algorithm_class(config.algo)(policy, vec_env, k=config.k, policy_kwargs=policy_kwargs, **common)
 
 

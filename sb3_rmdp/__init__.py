@@ -9,6 +9,7 @@ from typing import Any
 
 from sb3_rmdp import envs  # registers the built-in environments
 from sb3_rmdp.a2c import RMDPA2C
+from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
 from sb3_rmdp.algorithms import ALGORITHMS, algorithm_class, load_model
 from sb3_rmdp.assigners import (
     Assigner,
@@ -55,6 +56,7 @@ __all__ = [
     "MlpPolicy",
     "MultiRepresentativePolicy",
     "OracleAssigner",
+    "RMDPAggregateRolloutBuffer",
     "RMDPMaskablePPO",
     "RMDPRecurrentPPO",
     "RMDPRolloutBuffer",

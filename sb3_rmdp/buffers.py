@@ -65,6 +65,9 @@ class RMDPRolloutBufferSamples(NamedTuple):
     representatives: RepresentativeGroups
     #: ``(B, mask_dims)`` the action masks of the samples (masked buffers only)
     action_masks: th.Tensor | None = None
+    #: ``(m,)`` the agents of ``returns`` and ``old_values`` (then ``(B, m)``) when the buffer samples
+    #: agents for the critic (:attr:`RMDPRolloutBuffer.critic_agents`); ``None``: all of them
+    agents: th.Tensor | None = None
 
 
 class RMDPRolloutBuffer(RolloutBuffer):
@@ -103,6 +106,10 @@ class RMDPRolloutBuffer(RolloutBuffer):
     #: whether minibatches carry ``old_values`` (PPO needs them only with ``clip_range_vf``); set by
     #: ``RMDPPPO.train``. With ``False`` their ``(B, n_agents)`` gather is skipped.
     samples_old_values: bool
+    #: agents per minibatch whose returns the minibatches carry (a sampled critic; ``None``: all), drawn
+    #: by :attr:`agent_generator`; set by ``RMDPPPO.train`` from the policy's ``critic_agents``
+    critic_agents: int | None
+    agent_generator: np.random.Generator | None
 
     def __init__(
         self,
@@ -121,6 +128,8 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.slot_representatives = slot_representatives(n_envs, self.k)
         self._per_agent: tuple[np.ndarray, ...] = ()
         self.samples_old_values = True
+        self.critic_agents = None
+        self.agent_generator = None
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
     def reset(self) -> None:
@@ -325,25 +334,47 @@ class RMDPRolloutBuffer(RolloutBuffer):
                 advantages = normalize_sorted_groups(advantages, counts)
         else:
             advantages = flat(self.advantages)[rows]
+        columns, agents = self._critic_columns()
+
+        def per_agent(array: np.ndarray) -> np.ndarray:
+            """``(B, n_agents)`` rows of a per-agent array, or ``(B, m)`` of the sampled agents."""
+            return flat(array)[rows] if columns is None else flat(array)[rows[:, None], columns]
+
         data = (
             flat(self.actions)[rows].astype(np.float32, copy=False),
             flat(self.log_probs)[rows],
             advantages,
-            flat(self.returns)[rows],
+            per_agent(self.returns),
         )
         # Every array is a fresh copy (fancy indexing): the tensors may share its memory.
         observations = self._observations_at(rows)
         actions, old_log_prob, advantages, returns = (self.to_torch(array, copy=False) for array in data)
-        old_values = self.to_torch(flat(self.values)[rows], copy=False) if self.samples_old_values else None
+        old_values = self.to_torch(per_agent(self.values), copy=False) if self.samples_old_values else None
         representatives = RepresentativeGroups(
             index=th.as_tensor(sample_representatives, device=self.device),
             order=None,
             counts=counts.tolist(),
         )
         minibatch = RMDPRolloutBufferSamples(
-            observations, actions, old_values, old_log_prob, advantages, returns, representatives
+            observations,
+            actions,
+            old_values,
+            old_log_prob,
+            advantages,
+            returns,
+            representatives,
+            agents=None if agents is None else th.as_tensor(agents, device=self.device),
         )
         return self._with_extras(minibatch, rows)
+
+    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A minibatch's columns of the per-agent arrays and the agents they hold, ``(m,)`` each: a fresh
+        sample of :attr:`critic_agents` agents, or ``(None, None)`` for all of them."""
+        if self.critic_agents is None:
+            return None, None
+        assert self.agent_generator is not None, "a sampled critic needs the buffer's agent_generator"
+        agents = np.sort(self.agent_generator.choice(self.n_agents, self.critic_agents, replace=False))
+        return agents, agents
 
     def _with_extras(self, samples: RMDPRolloutBufferSamples, rows: np.ndarray) -> RMDPRolloutBufferSamples:
         """``samples`` with what a subclass stores besides SB3's fields (e.g. action masks) of ``rows``."""

@@ -28,7 +28,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from sb3_rmdp.assigners.base import Assigner
-from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY, AgentRewardsWrapper
+from sb3_rmdp.envs.contract import AgentRewardsWrapper, agent_rewards_of
 
 
 class AgentScoringVecEnv(VecEnvWrapper):
@@ -66,9 +66,7 @@ class AgentScoringVecEnv(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, _, dones, infos = self.venv.step_wait()
-        rewards = np.zeros(self.num_envs, dtype=np.float32)
-        for slot, info in enumerate(infos):
-            rewards[slot] = np.asarray(info[AGENT_REWARDS_KEY])[self.scored_agents[slot]]
+        rewards = agent_rewards_of(infos, self.venv)[np.arange(self.num_envs), self.scored_agents]
         self._returns += rewards
         for done in np.flatnonzero(dones):
             slot = int(done)

@@ -41,11 +41,12 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
+from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer, collect_aggregate_rollouts
 from sb3_rmdp.assigners import Assigner, make_assigner
 from sb3_rmdp.assigners.end_to_end import GRADIENT_STATISTICS
 from sb3_rmdp.buffers import RMDPDictRolloutBuffer, RMDPRolloutBuffer
 from sb3_rmdp.callbacks import prepare_callbacks, serve_deployed_assignment
-from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
+from sb3_rmdp.envs.contract import agent_rewards_of
 from sb3_rmdp.envs.vec_env import as_rmdp_vec_env, vec_env_agent_params, vec_env_n_agents
 from sb3_rmdp.files import atomic_write, with_zip_suffix
 from sb3_rmdp.matching import AssignmentLimits, check_limits
@@ -586,6 +587,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
         """
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, RMDPRolloutBuffer)
+        if isinstance(rollout_buffer, RMDPAggregateRolloutBuffer):  # agents aggregated by representative
+            return collect_aggregate_rollouts(self, env, callback, rollout_buffer, n_rollout_steps)
         self.policy.set_training_mode(False)
         n_steps = 0
         rollout_buffer.reset()
@@ -616,7 +619,7 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
 
-            agent_rewards = _agent_rewards(infos, self.n_agents)
+            agent_rewards = _agent_rewards(infos, self.n_agents, env)
             self._episode_agent_returns += agent_rewards
             for idx in np.flatnonzero(dones):
                 finished[slot_reps[idx]].append(self._episode_agent_returns[idx].copy())
@@ -883,10 +886,11 @@ def _set_global_random_state(state: dict[str, Any]) -> None:
         th.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-def _agent_rewards(infos: list[dict[str, Any]], n_agents: int) -> np.ndarray:
-    """Stack ``info["agent_rewards"]`` of every slot: ``(n_envs, n_agents)`` float32."""
+def _agent_rewards(infos: list[dict[str, Any]], n_agents: int, env: VecEnv | None = None) -> np.ndarray:
+    """Every slot's agent rewards ``(n_envs, n_agents)`` float32 (see
+    :func:`~sb3_rmdp.envs.contract.agent_rewards_of`)."""
     try:
-        rewards = np.stack([info[AGENT_REWARDS_KEY] for info in infos]).astype(np.float32, copy=False)
+        rewards = agent_rewards_of(infos, env)
     except KeyError as error:
         raise ValueError(
             "A step's info has no 'agent_rewards': wrap each env in `sb3_rmdp.envs.AgentRewardsWrapper` "

@@ -124,7 +124,9 @@ def export_representative(
     state = representative_state_dict(model, j, agents)
     progress = model._current_progress_remaining
     policy_kwargs = {
-        key: value for key, value in model.policy_kwargs.items() if key not in ("k", "n_agents", "critic")
+        key: value
+        for key, value in model.policy_kwargs.items()
+        if key not in ("k", "n_agents", "critic", "critic_agents")
     }
     base, kwargs = model.export_arguments(progress)
     with warnings.catch_warnings():

@@ -170,6 +170,15 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         head with ``n_agents`` outputs, the representative entering as a learned vector added to the
         first critic layer's pre-activation (the same as a one-hot input). Its critic has ``k`` times
         fewer head parameters, which is what the optimizer pays for at large ``k x n_agents``.
+    :param critic_agents: train the critic on this many agents per minibatch, drawn afresh for each
+        minibatch (an approximation, off by default: ``None`` trains on all ``n_agents``). The value loss
+        is then the mean over a uniform sample of ``m`` agents, an unbiased estimate of the full one, and
+        the critic head's forward and backward cost ``m / n_agents`` of the full head's. Rollouts and GAE
+        still use every agent's value, so the marginal advantages stay exact for the critic at hand.
+        ``RMDPPPO`` draws the agents (see :meth:`evaluate_actions`); a value ``>= n_agents`` is ``None``.
+        The head's sampled rows then step by a lazy Adam of their own (:meth:`step_sampled_critic`, the
+        optimizer's lr, betas and eps; moments kept as buffers of the policy): the other rows, which have
+        no gradient, stay as they are, and the optimizer costs ``m`` rows per minibatch, not ``n_agents``.
     """
 
     #: the features extractor unless ``features_extractor_class`` says otherwise
@@ -180,6 +189,11 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     value_net: nn.Linear
     #: the resolved critic layout, ``"per_representative"`` or ``"conditioned"``
     critic_layout: str
+    #: a sampled critic's lazy Adam state (buffers, with ``critic_agents`` only): the moments of each head
+    #: row (its weights and bias) and the number of steps
+    critic_rows_exp_avg: th.Tensor
+    critic_rows_exp_avg_sq: th.Tensor
+    critic_rows_steps: th.Tensor
 
     def __init__(
         self,
@@ -190,6 +204,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         k: int = 1,
         n_agents: int = 1,
         critic: str = "auto",
+        critic_agents: int | None = None,
         **kwargs: Any,
     ):
         if int(k) < 1:
@@ -205,6 +220,15 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         self.k = int(k)
         self.n_agents = int(n_agents)
         self.critic_layout = resolve_critic(critic, self.k, self.n_agents)
+        if critic_agents is not None and (isinstance(critic_agents, bool) or int(critic_agents) < 1):
+            raise ValueError(
+                f"critic_agents={critic_agents!r}: train the critic on at least one agent per minibatch, "
+                "or pass None to train it on all of them."
+            )
+        #: agents the critic trains on per minibatch (``None``: all of them)
+        self.critic_agents = (
+            None if critic_agents is None or int(critic_agents) >= self.n_agents else int(critic_agents)
+        )
         if len(args) < 9:  # features_extractor_class is the 9th of ActorCriticPolicy's after lr_schedule
             kwargs.setdefault("features_extractor_class", self.default_features_extractor)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
@@ -221,6 +245,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(k=self.k, n_agents=self.n_agents, critic=self.critic_layout)
+        if self.critic_agents is not None:
+            data["critic_agents"] = self.critic_agents
         return data
 
     # ------------------------------------------------------------------ construction
@@ -259,6 +285,15 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             self.critic_embedding = nn.Parameter(th.zeros(self.k, first.out_features))
         else:
             self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, self.k * self.n_agents)
+        if self.critic_agents is not None:
+            # the lazy Adam moments of the sampled critic rows (see step_sampled_critic)
+            # the lazy Adam moments of the sampled critic rows (see step_sampled_critic): each row's weights
+            # and its bias as one row of latent_dim + 1 entries
+            rows, width = self.value_net.weight.shape
+            self.register_buffer("critic_rows_exp_avg", th.zeros(rows, width + 1))
+            self.register_buffer("critic_rows_exp_avg_sq", th.zeros(rows, width + 1))
+            self.register_buffer("critic_rows_steps", th.zeros((), dtype=th.long))
+        self._sampled_rows: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
         if self.ortho_init:
             module_gains = {
                 self.features_extractor: np.sqrt(2),
@@ -394,11 +429,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if small:
             every = layer(latent).view(-1, self.k, size)  # (batch, k, size)
             return th.gather(every, 1, groups.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
-        ordered = latent if groups.order is None else latent[groups.order]
-        out = GroupedLinear.apply(ordered, weight, bias, tuple(groups.counts))
-        if groups.order is None:
-            return out
-        return th.empty_like(out).index_copy(0, groups.order, out)
+        return _grouped_linear(latent, weight, bias, groups)
 
     # ------------------------------------------------------------------ SB3 API with representatives
     def _latents(
@@ -437,11 +468,73 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return self.action_dist.proba_distribution(head, log_std)
         return self.action_dist.proba_distribution(action_logits=head)
 
-    def _values_from_latent(self, latent_vf: th.Tensor, representatives: RepresentativesLike) -> th.Tensor:
-        if self.critic_layout == "conditioned":
-            return self.value_net(latent_vf)
+    def _values_from_latent(
+        self, latent_vf: th.Tensor, representatives: RepresentativesLike, agents: th.Tensor | None = None
+    ) -> th.Tensor:
+        """Values ``(batch, n_agents)``, or ``(batch, m)`` of the ``agents`` ``(m,)`` only (a sampled
+        critic: only their rows of the head are multiplied)."""
+        if agents is None:
+            if self.critic_layout == "conditioned":
+                return self.value_net(latent_vf)
+            index = self.as_representatives(representatives, latent_vf.shape[0])
+            return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+        rows = agents
+        if self.critic_layout != "conditioned" and self.k > 1:  # agent i of block j is row j * n_agents + i
+            blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
+            rows = (blocks + agents.unsqueeze(0)).flatten()
+        weight: th.Tensor = self.value_net.weight
+        bias: th.Tensor = self.value_net.bias
+        if self.critic_agents is not None and th.is_grad_enabled():
+            # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
+            weight = weight.detach()[rows].requires_grad_(True)
+            bias = bias.detach()[rows].requires_grad_(True)
+            self._sampled_rows = (rows, weight, bias)
+        else:
+            weight, bias = th.index_select(weight, 0, rows), th.index_select(bias, 0, rows)
+        if self.critic_layout == "conditioned" or self.k == 1:
+            return F.linear(latent_vf, weight, bias)
         index = self.as_representatives(representatives, latent_vf.shape[0])
-        return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+        size = len(agents)
+        if isinstance(index, int):
+            return F.linear(latent_vf, weight.view(self.k, size, -1)[index], bias.view(self.k, size)[index])
+        if self.k * size <= FULL_HEAD_MAX_OUTPUTS:  # as the action heads: one product and a gather
+            every = F.linear(latent_vf, weight, bias).view(-1, self.k, size)
+            return th.gather(every, 1, index.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
+        return _grouped_linear(latent_vf, weight.view(self.k, size, -1), bias.view(self.k, size), index)
+
+    def sampled_critic_parameters(self) -> list[th.Tensor]:
+        """The sampled critic rows of the last training forward pass (leaves whose gradients count in the
+        gradient clipping), or ``[]``."""
+        return [] if self._sampled_rows is None else list(self._sampled_rows[1:])
+
+    @th.no_grad()
+    def step_sampled_critic(self) -> None:
+        """Adam on the critic rows of the last training forward pass only (a lazy Adam: rows without a
+        gradient keep their values and moments), with the policy optimizer's lr, betas and eps."""
+        if self._sampled_rows is None:
+            return
+        rows, weight, bias = self._sampled_rows
+        self._sampled_rows = None
+        if weight.grad is None or bias.grad is None:
+            return
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group.get("betas", (0.9, 0.999))
+        lr, eps = float(group["lr"]), float(group.get("eps", 1e-8))
+        self.critic_rows_steps += 1
+        step = int(self.critic_rows_steps)
+        correction1, correction2 = 1.0 - beta1**step, 1.0 - beta2**step
+        grad = th.cat((weight.grad, bias.grad.unsqueeze(1)), dim=1)  # (rows, latent_dim + 1)
+        m = self.critic_rows_exp_avg.index_select(0, rows).lerp_(grad, 1.0 - beta1)
+        v = (
+            self.critic_rows_exp_avg_sq.index_select(0, rows)
+            .mul_(beta2)
+            .addcmul_(grad, grad, value=1.0 - beta2)
+        )
+        self.critic_rows_exp_avg.index_copy_(0, rows, m)
+        self.critic_rows_exp_avg_sq.index_copy_(0, rows, v)
+        update = m.div_(v.sqrt_().div_(correction2**0.5).add_(eps)).mul_(-lr / correction1)
+        self.value_net.weight.data.index_add_(0, rows, update[:, :-1])
+        self.value_net.bias.data.index_add_(0, rows, update[:, -1])
 
     def forward(
         self, obs: th.Tensor, deterministic: bool = False, representatives: RepresentativesLike = None
@@ -462,13 +555,21 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return actions, values, log_prob
 
     def evaluate_actions(
-        self, obs: PyTorchObs, actions: th.Tensor, representatives: RepresentativesLike = None
+        self,
+        obs: PyTorchObs,
+        actions: th.Tensor,
+        representatives: RepresentativesLike = None,
+        agents: th.Tensor | None = None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``."""
+        """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``.
+
+        :param agents: ``(m,)`` long, the agents whose values to return (a sampled critic, see
+            ``critic_agents``): values are then ``(batch, m)``; ``None``: every agent.
+        """
         latent_pi, latent_vf, groups = self._latents(obs, representatives)
         distribution = self._get_action_dist_from_latent(latent_pi, groups)
         log_prob = distribution.log_prob(actions)
-        values = self._values_from_latent(latent_vf, groups)
+        values = self._values_from_latent(latent_vf, groups, agents)
         return values, log_prob, distribution.entropy()
 
     def get_distribution(self, obs: PyTorchObs, representatives: RepresentativesLike = None) -> Distribution:
@@ -626,6 +727,18 @@ def check_image_layout(observation_space: spaces.Space) -> None:
                 "np.transpose, or your own ObservationWrapper) to (C, H, W) or (H, W, C); SB3 turns "
                 "(H, W, C) into (C, H, W) itself (VecTransposeImage)."
             )
+
+
+def _grouped_linear(
+    latent: th.Tensor, weight: th.Tensor, bias: th.Tensor, groups: RepresentativeGroups
+) -> th.Tensor:
+    """:class:`GroupedLinear` of ``latent`` ``(batch, in)`` with ``weight`` ``(k, size, in)`` and ``bias``
+    ``(k, size)``, each sample by its group's block, for samples in any order: ``(batch, size)``."""
+    ordered = latent if groups.order is None else latent[groups.order]
+    out = GroupedLinear.apply(ordered, weight, bias, tuple(groups.counts))
+    if groups.order is None:
+        return out
+    return th.empty_like(out).index_copy(0, groups.order, out)
 
 
 def _length_error(got: int, batch_size: int) -> str:

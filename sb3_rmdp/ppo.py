@@ -10,10 +10,12 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from torch.nn import functional as F
 
+from sb3_rmdp.aggregate import agent_generator
 from sb3_rmdp.assigners import Assigner
 from sb3_rmdp.core import RETURN_SCALE_LIMIT, RMDPAlgorithm, normalize_per_representative
 from sb3_rmdp.objectives import DEFAULT_TEMPERATURE, WelfareSpec
@@ -170,8 +172,47 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         return PPO, ppo_arguments(self, progress)
 
     def train(self) -> None:
-        """SB3's PPO update, with marginal advantages and a per-agent value loss (:func:`ppo_update`)."""
-        ppo_update(self)
+        """SB3's PPO update, with marginal advantages and a per-agent value loss (:func:`ppo_update`).
+
+        With the policy's ``critic_agents`` set (a sampled critic), every minibatch's value loss runs
+        over that many agents drawn uniformly without replacement, by the model's own generator
+        (seeded from ``seed``, saved with the model), so SB3's random streams are left as they are.
+        """
+        critic_agents = getattr(self.policy, "critic_agents", None)
+        if critic_agents is not None and critic_agents >= self.rollout_buffer.n_agents:
+            critic_agents = None  # an aggregate buffer tracks fewer agents than the population
+        self.rollout_buffer.critic_agents = critic_agents
+        if critic_agents is not None:
+            self.rollout_buffer.agent_generator = agent_generator(self)
+        try:
+            ppo_update(self)
+        finally:
+            self.rollout_buffer.critic_agents = None
+
+    def _evaluate_minibatch(
+        self, rollout_data: Any, actions: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """The policy's values (of the minibatch's sampled agents, with a sampled critic), log-probabilities
+        and entropies of a minibatch's actions under their representatives."""
+        return self.policy.evaluate_actions(
+            rollout_data.observations,
+            actions,
+            representatives=rollout_data.representatives,
+            agents=rollout_data.agents,
+        )
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        if reset_num_timesteps or self._last_obs is None:
+            # SB3 resets the env: the aggregate rollouts have no episode in progress (sb3_rmdp.aggregate)
+            self._episode_statistics = None
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def learn(
         self: SelfRMDPPPO,
@@ -276,8 +317,12 @@ def ppo_update(model: Any) -> None:
             model.policy.optimizer.zero_grad()
             model.assigner.zero_grad()
             loss.backward()
-            th.nn.utils.clip_grad_norm_(parameters, model.max_grad_norm)
+            sampled_rows = model.policy.sampled_critic_parameters()  # a sampled critic's rows, if any
+            th.nn.utils.clip_grad_norm_(
+                [*parameters, *sampled_rows] if sampled_rows else parameters, model.max_grad_norm
+            )
             model.policy.optimizer.step()
+            model.policy.step_sampled_critic()
             model.assigner.step()
 
         model._n_updates += 1

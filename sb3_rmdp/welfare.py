@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
+from sb3_rmdp.envs.contract import agent_rewards_of
 
 if TYPE_CHECKING:
     from sb3_rmdp.core import RMDPAlgorithm
@@ -165,7 +165,7 @@ def _mean_episode_return(
         actions, state = act(model, obs, vec_env, state, episode_start, deterministic, representative)
         obs, _, dones, infos = vec_env.step(actions)
         episode_start = dones
-        running += np.stack([info[AGENT_REWARDS_KEY] for info in infos])
+        running += agent_rewards_of(infos, vec_env)
         for e in np.flatnonzero(dones):
             if counts[e] < targets[e]:
                 total += running[e]

@@ -11,6 +11,8 @@ scalar reward the mean over agents and moves the vector into ``info["agent_rewar
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -18,6 +20,9 @@ import numpy as np
 from gymnasium import spaces
 
 AGENT_REWARDS_KEY = "agent_rewards"
+#: info key of an env with *compact rewards*: one per-step statistic (e.g. the forward speed) of which every
+#: agent's reward is a function, in place of the reward vector (see :class:`AgentRewardsWrapper`)
+AGENT_REWARD_STATISTIC_KEY = "agent_reward_statistic"
 
 
 def reward_space_of(env: gym.Env) -> spaces.Box:
@@ -95,6 +100,12 @@ class AgentRewardsWrapper(gym.Wrapper):
     is the average agent's return) and puts the vector ``(n_agents,)`` in ``info["agent_rewards"]``.
     ``reset`` and everything else pass through. Apply it before any VecEnv.
 
+    An env with compact rewards (e.g. ``VelocityPopulation(compact_rewards=True)``) returns the agents'
+    mean reward as its scalar reward and puts one per-step statistic in ``info["agent_reward_statistic"]``
+    instead of the vector; it has a method ``rewards_from_statistics(statistics)`` mapping ``(m,)``
+    statistics to ``(m, n_agents)`` float32 rewards, which the algorithm calls once per step for all env
+    slots (:func:`agent_rewards_of`). Such a step passes through unchanged.
+
     :param env: an r-MDP env (reward vector of shape ``(n_agents,)``; see the module docstring).
     """
 
@@ -104,6 +115,8 @@ class AgentRewardsWrapper(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        if AGENT_REWARD_STATISTIC_KEY in info:  # compact rewards: `reward` is the agents' mean already
+            return obs, float(reward), terminated, truncated, info
         agent_rewards = check_agent_rewards(reward, self.n_agents)
         info[AGENT_REWARDS_KEY] = agent_rewards
         return obs, float(agent_rewards.mean()), terminated, truncated, info
@@ -135,3 +148,28 @@ def _find_attr(env: gym.Env, name: str) -> Any:
         if not isinstance(current, gym.Wrapper):
             return getattr(current, name, None)
         current = current.env
+
+
+# each VecEnv's `rewards_from_statistics`, looked up once (a SubprocVecEnv sends a copy of env 0's)
+_STATISTIC_REWARDS: weakref.WeakKeyDictionary[Any, Callable[[np.ndarray], np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def agent_rewards_of(infos: list[dict[str, Any]], vec_env: Any = None) -> np.ndarray:
+    """The agents' rewards of one step of every slot, ``(n_envs, n_agents)`` float32 (a fresh array).
+
+    From ``info["agent_rewards"]``, or, for an env with compact rewards (``info["agent_reward_statistic"]``,
+    see :class:`~sb3_rmdp.envs.AgentRewardsWrapper`), from the env's ``rewards_from_statistics`` applied to
+    every slot's statistic at once.
+
+    :raises KeyError: if an info carries neither.
+    """
+    if vec_env is not None and AGENT_REWARD_STATISTIC_KEY in infos[0]:
+        rewards_of = _STATISTIC_REWARDS.get(vec_env)
+        if rewards_of is None:
+            rewards_of = vec_env.get_attr("rewards_from_statistics", indices=[0])[0]
+            _STATISTIC_REWARDS[vec_env] = rewards_of
+        statistics = np.array([info[AGENT_REWARD_STATISTIC_KEY] for info in infos])
+        return np.asarray(rewards_of(statistics), dtype=np.float32)
+    return np.stack([info[AGENT_REWARDS_KEY] for info in infos]).astype(np.float32, copy=False)

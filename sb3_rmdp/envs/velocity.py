@@ -6,6 +6,12 @@ Agent i has a target velocity ``v_i ~ U[0, b]`` drawn from ``seed``; per step it
 off); Hopper and Walker2d keep their fall termination. ``agent_params`` are the targets ``(n, 1)``;
 read them with :func:`sb3_rmdp.envs.agent_params_of` (``gym.make`` wraps the env, and gymnasium's
 wrappers do not forward custom attributes).
+
+Every agent's reward is a function of one number per step, the forward speed. With
+``compact_rewards=True`` the env returns that speed (``info["agent_reward_statistic"]``) and the agents'
+mean reward instead of the ``(n_agents,)`` vector, and the algorithm computes all env slots' reward
+vectors at once with :meth:`VelocityPopulation.rewards_from_statistics`: the same float32 numbers as the
+vectors (bit for bit), without n_agents work in every env of every step.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from sb3_rmdp.envs.contract import AGENT_REWARD_STATISTIC_KEY
 
 #: upper end b of the target range of each robot, as in the paper and its reference code
 TARGET_RANGES: dict[str, float] = {
@@ -73,6 +81,46 @@ def velocity_rewards(x_velocity: float, targets: np.ndarray, b: float) -> np.nda
     return (0.1 * np.clip(1.0 - np.abs(x_velocity - targets) / width, 0.0, 1.0)).astype(np.float32)
 
 
+def mean_velocity_reward(
+    x_velocity: float, sorted_targets: np.ndarray, prefix: np.ndarray, b: float
+) -> float:
+    """The agents' mean reward for one step at ``x_velocity`` in ``O(log n_agents)``, equal to
+    ``velocity_rewards(...).mean()`` up to rounding: the tents that reach ``x_velocity`` are two
+    linear pieces, summed from the prefix sums of the sorted targets.
+
+    :param sorted_targets: ``(n_agents,)`` ascending.
+    :param prefix: ``(n_agents + 1,)`` cumulative sums of ``sorted_targets``, starting at 0.
+    """
+    width = b / 20.0
+    low, mid, high = np.searchsorted(sorted_targets, [x_velocity - width, x_velocity, x_velocity + width])
+    below, above = mid - low, high - mid  # targets within one width, at or below / above the speed
+    total = below * (1.0 - x_velocity / width) + (prefix[mid] - prefix[low]) / width
+    total += above * (1.0 + x_velocity / width) - (prefix[high] - prefix[mid]) / width
+    return float(0.1 * total / len(sorted_targets))
+
+
+def _tent_sums(points: np.ndarray, weights: np.ndarray, queries: np.ndarray, b: float) -> np.ndarray:
+    """``sum_p weights[p] * 0.1 * clip(1 - |q - points[p]| / w, 0, 1)`` for each query q, ``w = b / 20``.
+
+    The tents that reach q are two linear pieces in ``points[p]``, summed from prefix sums.
+
+    :param points: ``(p,)`` ascending.
+    :param weights: ``(p,)``.
+    :param queries: ``(q,)``.
+    :return: ``(q,)`` float64.
+    """
+    width = b / 20.0
+    q = np.asarray(queries, dtype=np.float64).reshape(-1)
+    total = np.concatenate(([0.0], np.cumsum(weights)))
+    moment = np.concatenate(([0.0], np.cumsum(weights * points)))
+    low = np.searchsorted(points, q - width, side="right")
+    mid = np.searchsorted(points, q, side="right")
+    high = np.searchsorted(points, q + width, side="left")
+    below = (total[mid] - total[low]) * (1.0 - q / width) + (moment[mid] - moment[low]) / width
+    above = (total[high] - total[mid]) * (1.0 + q / width) - (moment[high] - moment[mid]) / width
+    return 0.1 * (below + above)
+
+
 class VelocityPopulation(gym.Wrapper):
     """An r-MDP over a MuJoCo env: ``n_agents`` agents, each rewarded for moving at its target speed.
 
@@ -81,6 +129,8 @@ class VelocityPopulation(gym.Wrapper):
     :param n_agents: population size (ignored if ``targets`` is given).
     :param seed: seed of the targets' generator.
     :param targets: explicit targets ``(n_agents,)`` instead of drawing them.
+    :param compact_rewards: return the agents' mean reward and the forward speed in
+        ``info["agent_reward_statistic"]`` instead of the reward vector (see the module notes).
     """
 
     def __init__(
@@ -90,6 +140,7 @@ class VelocityPopulation(gym.Wrapper):
         n_agents: int = 100,
         seed: int = 0,
         targets: np.ndarray | None = None,
+        compact_rewards: bool = False,
     ):
         super().__init__(env)
         if targets is None:
@@ -101,22 +152,67 @@ class VelocityPopulation(gym.Wrapper):
         self.n_agents = len(self.targets)
         self.agent_params = self.targets[:, None]
         self.reward_space = spaces.Box(0.0, 0.1, shape=(self.n_agents,), dtype=np.float32)
+        self.compact_rewards = bool(compact_rewards)
+        self._sorted_targets = np.sort(self.targets)
+        self._prefix = np.concatenate(([0.0], np.cumsum(self._sorted_targets)))
 
-    def step(self, action: Any) -> tuple[Any, np.ndarray, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         obs, _, terminated, truncated, info = self.env.step(action)
+        if self.compact_rewards:
+            speed = float(info["x_velocity"])
+            info[AGENT_REWARD_STATISTIC_KEY] = speed
+            return (
+                obs,
+                mean_velocity_reward(speed, self._sorted_targets, self._prefix, self.b),
+                terminated,
+                truncated,
+                info,
+            )
         return obs, velocity_rewards(info["x_velocity"], self.targets, self.b), terminated, truncated, info
 
+    def rewards_from_statistics(self, statistics: np.ndarray, agents: np.ndarray | None = None) -> np.ndarray:
+        """Every agent's reward at each of ``statistics`` (forward speeds ``(m,)``): ``(m, n_agents)``
+        float32, row e equal bit for bit to ``velocity_rewards(statistics[e], targets, b)``; with
+        ``agents`` ``(a,)``, those agents' columns only, ``(m, a)``."""
+        speeds = np.asarray(statistics, dtype=np.float64).reshape(-1, 1)
+        targets = self.targets if agents is None else self.targets[agents]
+        return velocity_rewards(speeds, targets, self.b)  # type: ignore[arg-type]
 
-def make_velocity_env(base_id: str, n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:
+    def weighted_rewards_from_statistics(self, statistics: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``sum_i weights[i] * reward_i`` at each of ``statistics`` ``(m,)``, in ``O((n + m) log n)``.
+
+        A representative's aggregate reward under its assignment column: equal, up to rounding, to
+        ``rewards_from_statistics(statistics) @ weights``, without the ``(m, n_agents)`` array.
+
+        :param weights: ``(n_agents,)``.
+        :return: ``(m,)`` float64.
+        """
+        order = np.argsort(self.targets, kind="stable")
+        return _tent_sums(self.targets[order], np.asarray(weights, np.float64)[order], statistics, self.b)
+
+    def episode_returns_from_statistics(self, statistics: np.ndarray) -> np.ndarray:
+        """Every agent's undiscounted return over the steps of ``statistics`` (an episode's speeds ``(T,)``),
+        ``(n_agents,)`` float64, in ``O((n + T) log T)``; equal, up to rounding, to the sum of the reward
+        vectors. (The tent is symmetric: agent i's return is the tent sum of the speeds at its target.)"""
+        speeds = np.sort(np.asarray(statistics, dtype=np.float64).reshape(-1))
+        return _tent_sums(speeds, np.ones(len(speeds)), self.targets, self.b)
+
+
+def make_velocity_env(
+    base_id: str, n_agents: int = 100, seed: int = 0, compact_rewards: bool = False, **kwargs: Any
+) -> VelocityPopulation:
     """A velocity population over gymnasium's ``base_id`` (one of :data:`TARGET_RANGES`).
 
+    :param compact_rewards: see :class:`VelocityPopulation`.
     :param kwargs: extra keyword arguments for the base env (on top of the cost-free defaults).
     """
     if base_id not in TARGET_RANGES:
         raise ValueError(f"No velocity population for {base_id!r}; choose one of {sorted(TARGET_RANGES)}.")
     with _quiet_known_mujoco_warnings():
         env = gym.make(base_id, **{**_BASE_KWARGS[base_id], **kwargs})
-    return VelocityPopulation(env, TARGET_RANGES[base_id], n_agents=n_agents, seed=seed)
+    return VelocityPopulation(
+        env, TARGET_RANGES[base_id], n_agents=n_agents, seed=seed, compact_rewards=compact_rewards
+    )
 
 
 def half_cheetah_velocity(n_agents: int = 100, seed: int = 0, **kwargs: Any) -> VelocityPopulation:

@@ -53,6 +53,16 @@ PARAMS: dict[str, Param] = {
     "objective_temperature": Param(
         float, 1.0, minimum=0.0, keyed_default=False, help="the egalitarian smooth minimum's temperature"
     ),
+    # scaling options (added after stores were written: out of the cell key while at their defaults)
+    "critic_agents": Param(
+        int, 0, minimum=0, keyed_default=False, help="agents the critic trains on per minibatch (0: all)"
+    ),
+    "compact_rewards": Param(
+        bool, False, keyed_default=False, help="rewards from the per-step speed, batched (exact)"
+    ),
+    "tracked_agents": Param(
+        int, 0, minimum=0, keyed_default=False, help="aggregate agents by representative, track m (0: off)"
+    ),
 }
 
 METRICS = (
@@ -146,11 +156,21 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     env_id = f"sb3_rmdp/{task}Velocity-v0"
     b = TARGET_RANGES[f"{task}-v5"]
     env_kwargs = {"n_agents": config["n_agents"], "seed": seed}
+    if config.get("compact_rewards"):
+        env_kwargs["compact_rewards"] = True
     train_env = VecNormalize(
         make_rmdp_vec_env(env_id, n_envs=k, seed=seed, env_kwargs=env_kwargs),
         norm_obs=True,
         norm_reward=False,
     )
+    kwargs = ppo_kwargs(config)
+    if config.get("critic_agents"):
+        kwargs["policy_kwargs"]["critic_agents"] = config["critic_agents"]
+    if config.get("tracked_agents"):
+        from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+
+        kwargs["rollout_buffer_class"] = RMDPAggregateRolloutBuffer
+        kwargs["rollout_buffer_kwargs"] = {"tracked_agents": config["tracked_agents"]}
     model = RMDPPPO(
         "MlpPolicy",
         train_env,
@@ -159,7 +179,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         assigner=make_assigner(config, b),
         welfare=config["objective"],
         welfare_temperature=config["objective_temperature"],
-        **ppo_kwargs(config),
+        **kwargs,
     )
     model.learn(config["budget_per_representative"] * k)
 

@@ -1,0 +1,328 @@
+"""Rollouts whose cost does not grow with ``n_agents``: agents aggregated by representative.
+
+The actor loss needs the agents only through each representative's marginal advantage
+``sum_i alpha[i, j] A^{ij}``, and GAE is linear in the rewards and the values: for an assignment fixed
+during the update, the marginal advantage is the GAE of the aggregate reward ``sum_i alpha[i, j] r^i``
+with the aggregate value ``sum_i alpha[i, j] V^{ij} = (alpha[:, j] @ W_j) . h + alpha[:, j] @ c_j`` of the
+linear critic head ``(W_j, c_j)`` on the critic latent ``h``. So :class:`RMDPAggregateRolloutBuffer`
+stores, per step, the env's compact reward statistic (e.g. the forward speed) and the critic latent
+``(latent_dim,)``, and forms the marginal advantages once per update from them, after the assigner's
+E-step; the aggregate rewards come from the env in ``O(log n_agents)`` per step
+(``weighted_rewards_from_statistics``). Only ``tracked_agents`` agents, drawn afresh for every rollout,
+get per-agent rewards, values and GAE: they are the critic's training targets (a sampled critic). Each
+finished episode's return vector, which the assigners read, comes from the episode's statistics
+(``episode_returns_from_statistics``).
+
+Exact in arithmetic for the marginal advantages (equal to the per-agent path up to float rounding);
+the critic is trained on the tracked agents only (an approximation). Needs an env with compact rewards
+that provides both functions (``VelocityPopulation(compact_rewards=True)``), ``RMDPPPO``, env slots that
+keep their representative (``n_envs`` a multiple of k) and an assignment that is fixed during each
+update (EM, fixed, random, coverage; not end-to-end, whose gradient needs every agent's advantages,
+nor K-means, which records per-agent rewards).
+
+    RMDPPPO("MlpPolicy", env, k=10, rollout_buffer_class=RMDPAggregateRolloutBuffer,
+            rollout_buffer_kwargs={"tracked_agents": 256})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_rmdp.buffers import RMDPRolloutBuffer
+from sb3_rmdp.envs.contract import AGENT_REWARD_STATISTIC_KEY
+from sb3_rmdp.policies import MultiRepresentativePolicy
+
+
+def agent_generator(model: Any) -> np.random.Generator:
+    """The model's own generator of agent samples (seeded from its seed, saved with it), created once."""
+    if getattr(model, "_critic_agent_generator", None) is None:
+        model._critic_agent_generator = np.random.default_rng(
+            None if model.seed is None else [int(model.seed), 25]
+        )
+    return model._critic_agent_generator
+
+
+def aggregate_value_head(
+    policy: MultiRepresentativePolicy, alpha: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each representative's aggregate value head ``(alpha[:, j] @ W_j, alpha[:, j] @ c_j)``.
+
+    :param alpha: ``(n_agents, k)``.
+    :return: weights ``(k, latent_dim)`` and biases ``(k,)``, float64.
+    """
+    weight = policy.value_net.weight.detach().cpu().numpy().astype(np.float64)
+    bias = policy.value_net.bias.detach().cpu().numpy().astype(np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    if policy.critic_layout == "conditioned":
+        return alpha.T @ weight, alpha.T @ bias
+    k, n_agents = alpha.shape[1], alpha.shape[0]
+    blocks = weight.reshape(k, n_agents, -1)
+    return np.einsum("nk,knd->kd", alpha, blocks), np.einsum("nk,kn->k", alpha, bias.reshape(k, n_agents))
+
+
+class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
+    """A rollout buffer that aggregates the agents by representative (see the module notes).
+
+    Its per-agent arrays hold the ``tracked_agents`` agents of the rollout only
+    (``(n_steps, n_envs, tracked_agents)``); besides them it stores each step's reward statistic
+    ``(n_steps, n_envs)`` and critic latent ``(n_steps, n_envs, latent_dim)``.
+
+    :param n_agents: the population's size.
+    :param tracked_agents: agents whose rewards, values and GAE the buffer keeps, the critic's targets;
+        drawn afresh for every rollout by the model's agent generator.
+    """
+
+    statistics: np.ndarray
+    latents: np.ndarray
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        n_agents: int = 1,
+        k: int = 1,
+        tracked_agents: int = 256,
+    ):
+        if int(tracked_agents) < 1:
+            raise ValueError(f"tracked_agents={tracked_agents}: track at least one agent for the critic.")
+        self.population = int(n_agents)
+        n_tracked = min(int(tracked_agents), self.population)
+        #: ``(tracked_agents,)`` the agents of the per-agent arrays' columns, ascending
+        self.tracked = np.arange(n_tracked)
+        #: the policy whose critic head aggregates the values (set by the rollout loop)
+        self.policy: MultiRepresentativePolicy | None = None
+        self.weighted_rewards: Any = None
+        super().__init__(
+            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs, n_tracked, k
+        )
+
+    def reset(self) -> None:
+        super().reset()
+        self.statistics = np.zeros((self.buffer_size, self.n_envs), dtype=np.float64)
+        #: ``(step, slot, critic latent of the terminal observation)`` of each truncated episode
+        self.bootstraps: list[tuple[int, int, np.ndarray]] = []
+        self.last_latents: np.ndarray | None = None
+        self.last_dones: np.ndarray | None = None
+
+    def draw_tracked(self, generator: np.random.Generator) -> None:
+        """Draw this rollout's tracked agents (all of them when they are at most ``tracked_agents``)."""
+        if self.n_agents < self.population:
+            self.tracked = np.sort(generator.choice(self.population, self.n_agents, replace=False))
+
+    def add_step(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        episode_start: np.ndarray,
+        log_prob: th.Tensor,
+        representatives: np.ndarray,
+        statistics: np.ndarray,
+        latents: th.Tensor,
+    ) -> None:
+        """Store one step of all slots: SB3's fields, the reward statistics ``(n_envs,)`` and the critic
+        latents ``(n_envs, latent_dim)``. The tracked agents' rewards and values are formed for the whole
+        rollout at once, by :meth:`finish`."""
+        latents_np = latents.detach().cpu().numpy()
+        if getattr(self, "latents", None) is None or self.latents.shape[2:] != latents_np.shape[1:]:
+            self.latents = np.zeros((self.buffer_size, self.n_envs, *latents_np.shape[1:]), dtype=np.float32)
+        self.statistics[self.pos] = statistics
+        self.latents[self.pos] = latents_np
+        self.step_representatives[self.pos] = representatives
+        self._sample_representatives = None
+        self._store_observations(obs)
+        self.actions[self.pos] = np.array(action).reshape((self.n_envs, self.action_dim))
+        self.episode_starts[self.pos] = np.array(episode_start)
+        self.log_probs[self.pos] = log_prob.cpu().numpy()
+        self.pos += 1
+        self.full = self.pos == self.buffer_size
+
+    @th.no_grad()
+    def finish(self, rewards_of: Any, last_latents: th.Tensor, dones: np.ndarray) -> None:
+        """The tracked agents' rewards (from the statistics, plus the time-limit bootstraps) and values (from
+        the latents), then their GAE.
+
+        :param rewards_of: the env's ``rewards_from_statistics``.
+        :param last_latents: ``(n_envs, latent_dim)`` critic latents of the observations after the last step.
+        :param dones: ``(n_envs,)`` whether the last step ended an episode.
+        """
+        assert self.policy is not None
+        self.last_latents = last_latents.cpu().numpy().astype(np.float64)
+        self.last_dones = np.asarray(dones).copy()
+        statistics = self.statistics.reshape(-1)
+        self.rewards[:] = np.asarray(rewards_of(statistics, self.tracked), dtype=np.float32).reshape(
+            self.rewards.shape
+        )
+        tracked = th.as_tensor(self.tracked, device=self.device)
+        representatives = self.step_representatives[0]
+        for slot, j in enumerate(representatives):
+            latents = th.as_tensor(self.latents[:, slot], device=self.device)
+            self.values[:, slot] = self.policy._values_from_latent(latents, int(j), tracked).cpu().numpy()
+        for step, slot, latent in self.bootstraps:
+            latent_t = th.as_tensor(latent[None], dtype=th.float32, device=self.device)
+            bootstrap = self.policy._values_from_latent(latent_t, int(representatives[slot]), tracked)[0]
+            self.rewards[step, slot] += self.gamma * bootstrap.cpu().numpy()
+        last_values = th.stack(
+            [
+                self.policy._values_from_latent(last_latents[slot : slot + 1], int(j), tracked)[0]
+                for slot, j in enumerate(representatives)
+            ]
+        )
+        super().compute_returns_and_advantage(last_values, dones)
+
+    def fix_assignment(self, alpha: np.ndarray | None, normalize: bool = False) -> None:
+        if alpha is None:
+            raise ValueError(
+                "RMDPAggregateRolloutBuffer forms the marginal advantages once per update, for an "
+                "assignment fixed during it; an assigner that learns the assignment in the update "
+                "(end-to-end) needs every agent's advantages: use RMDPRolloutBuffer, or EM / fixed / "
+                "random / coverage."
+            )
+        super().fix_assignment(alpha, normalize)
+
+    def _compute_marginal_advantages(self, alpha: np.ndarray) -> np.ndarray:
+        """GAE of each slot's aggregate reward and value under its representative's column of ``alpha``."""
+        if not self.slots_keep_their_representatives:
+            raise ValueError(
+                "RMDPAggregateRolloutBuffer needs slots that keep their representative (n_envs % k == 0)."
+            )
+        assert self.policy is not None and self.last_latents is not None and self.last_dones is not None
+        weights, biases = aggregate_value_head(self.policy, alpha)
+        representatives = self.step_representatives[0]
+        rewards = np.empty((self.buffer_size, self.n_envs))
+        for slot, j in enumerate(representatives):
+            rewards[:, slot] = self.weighted_rewards(self.statistics[:, slot], alpha[:, j])
+        head = weights[representatives]  # (n_envs, latent_dim)
+        values = np.einsum("ted,ed->te", self.latents, head) + biases[representatives]
+        last_values = np.einsum("ed,ed->e", self.last_latents, head) + biases[representatives]
+        for step, slot, latent in self.bootstraps:
+            j = representatives[slot]
+            rewards[step, slot] += self.gamma * (latent @ weights[j] + biases[j])
+        marginal = np.empty((self.buffer_size, self.n_envs))
+        carry = np.zeros(self.n_envs)
+        for step in reversed(range(self.buffer_size)):
+            if step == self.buffer_size - 1:
+                next_non_terminal, next_values = 1.0 - self.last_dones.astype(np.float64), last_values
+            else:
+                next_non_terminal, next_values = 1.0 - self.episode_starts[step + 1], values[step + 1]
+            delta = rewards[step] + self.gamma * next_values * next_non_terminal - values[step]
+            carry = delta + self.gamma * self.gae_lambda * next_non_terminal * carry
+            marginal[step] = carry
+        return marginal.astype(np.float32)
+
+    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        columns, _ = super()._critic_columns()
+        if self.n_agents == self.population:
+            return columns, columns
+        columns = np.arange(self.n_agents) if columns is None else columns
+        return columns, self.tracked[columns]
+
+
+def collect_aggregate_rollouts(
+    model: Any, env: VecEnv, callback: BaseCallback, buffer: RMDPAggregateRolloutBuffer, n_rollout_steps: int
+) -> bool:
+    """``RMDPAlgorithm.collect_rollouts`` for :class:`RMDPAggregateRolloutBuffer`: SB3's loop, with each
+    step's reward statistics and critic latents stored, the tracked agents' rewards and values, and the
+    finished episodes' return vectors from their statistics."""
+    assert model._last_obs is not None, "No previous observation was provided"
+    policy: MultiRepresentativePolicy = model.policy
+    policy.set_training_mode(False)
+    n_steps = 0
+    buffer.reset()
+    buffer.draw_tracked(agent_generator(model))
+    buffer.policy = policy
+    if model.rotates_representatives:
+        raise ValueError(
+            "RMDPAggregateRolloutBuffer needs env slots that keep their representative: pass n_envs a "
+            f"multiple of k (got n_envs={model.n_envs}, k={model.k})."
+        )
+    rewards_of = env.get_attr("rewards_from_statistics", indices=[0])[0]
+    buffer.weighted_rewards = env.get_attr("weighted_rewards_from_statistics", indices=[0])[0]
+    episode_returns_of = env.get_attr("episode_returns_from_statistics", indices=[0])[0]
+    history = getattr(model, "_episode_statistics", None)
+    if history is None or len(history) != model.n_envs:
+        history = model._episode_statistics = [[] for _ in range(model.n_envs)]
+    callback.on_rollout_start()
+    finished: list[list[np.ndarray]] = [[] for _ in range(model.k)]
+
+    while n_steps < n_rollout_steps:
+        with th.no_grad():
+            obs_tensor = obs_as_tensor(model._last_obs, model.device)
+            latent_pi, latent_vf, groups = policy._latents(obs_tensor, model._slot_representatives)
+            distribution = policy._get_action_dist_from_latent(latent_pi, groups)
+            action_tensor = distribution.get_actions()
+            log_probs = distribution.log_prob(action_tensor)
+            action_tensor = action_tensor.reshape((-1, *model.action_space.shape))
+        actions = action_tensor.cpu().numpy()
+        clipped_actions = actions
+        if isinstance(model.action_space, spaces.Box):
+            clipped_actions = np.clip(actions, model.action_space.low, model.action_space.high)
+
+        new_obs, rewards, dones, infos = env.step(clipped_actions)
+        model.num_timesteps += env.num_envs
+        slot_reps = model._slot_index
+        model._representative_steps += np.bincount(slot_reps, minlength=model.k)
+
+        callback.update_locals(locals())
+        if not callback.on_step():
+            return False
+        model._update_info_buffer(infos, dones)
+        n_steps += 1
+        if isinstance(model.action_space, spaces.Discrete):
+            actions = actions.reshape(-1, 1)
+
+        if AGENT_REWARD_STATISTIC_KEY not in infos[0]:
+            raise ValueError(
+                "RMDPAggregateRolloutBuffer needs an env with compact rewards "
+                "(info['agent_reward_statistic']), e.g. sb3_rmdp/HalfCheetahVelocity-v0 with "
+                "env_kwargs={'compact_rewards': True}."
+            )
+        statistics = np.array([info[AGENT_REWARD_STATISTIC_KEY] for info in infos], dtype=np.float64)
+        for slot, statistic in enumerate(statistics):
+            history[slot].append(float(statistic))
+        for idx in np.flatnonzero(dones):
+            finished[slot_reps[idx]].append(episode_returns_of(np.array(history[idx])))
+            history[idx] = []
+            if infos[idx].get("terminal_observation") is not None and infos[idx].get(
+                "TimeLimit.truncated", False
+            ):
+                terminal_obs = policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                with th.no_grad():
+                    _, terminal_latent, _ = policy._latents(terminal_obs, int(slot_reps[idx]))
+                buffer.bootstraps.append(
+                    (buffer.pos, int(idx), terminal_latent[0].cpu().numpy().astype(np.float64))
+                )
+
+        buffer.add_step(
+            model._last_obs, actions, model._last_episode_starts, log_probs, slot_reps, statistics, latent_vf
+        )
+        model._last_obs = new_obs
+        model._last_episode_starts = dones
+
+    with th.no_grad():
+        obs_tensor = obs_as_tensor(new_obs, model.device)  # type: ignore[arg-type]
+        _, latent_vf, _ = policy._latents(obs_tensor, model._slot_representatives)
+    buffer.finish(rewards_of, latent_vf, dones)
+    if not model._warned_return_scale:
+        model._warn_on_return_scale(buffer.returns)
+
+    model.rollout_episode_returns = [
+        np.asarray(f, dtype=np.float64).reshape(-1, model.n_agents) for f in finished
+    ]
+    for j, returns in enumerate(model.rollout_episode_returns):
+        if len(returns) > 0:
+            model.training_returns[:, j] = returns.mean(axis=0)
+    callback.update_locals(locals())
+    callback.on_rollout_end()
+    return True

@@ -1,0 +1,201 @@
+"""Scaling in agents (issue 25): the exact options train bit for bit as the default path; the sampled
+critic computes what the full critic computes, for its agents only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+
+from sb3_rmdp import RMDPPPO
+from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+from sb3_rmdp.buffers import RMDPRolloutBuffer
+from sb3_rmdp.envs import make_rmdp_vec_env
+from sb3_rmdp.envs.velocity import VelocityPopulation, mean_velocity_reward, velocity_rewards
+from sb3_rmdp.policies import MultiRepresentativePolicy, RepresentativeGroups
+from sb3_rmdp.welfare import evaluate_agent_returns
+
+HC = "sb3_rmdp/HalfCheetahVelocity-v0"
+
+
+def _train(compact: bool, assigner: str, critic_agents: int | None = None) -> RMDPPPO:
+    # 600 steps per slot: each slot's first episode is cut at 1000 steps (time-limit bootstrap) in rollout 2
+    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": compact})
+    model = RMDPPPO(
+        "MlpPolicy",
+        env,
+        k=2,
+        assigner=assigner,
+        n_steps=600,
+        batch_size=100,
+        n_epochs=2,
+        seed=3,
+        device="cpu",
+        policy_kwargs={"critic_agents": critic_agents},
+    )
+    return model.learn(2400)
+
+
+def _assert_same_training(a: RMDPPPO, b: RMDPPPO) -> None:
+    for (name, p), q in zip(a.policy.named_parameters(), b.policy.parameters()):
+        assert th.equal(p, q), name
+    for name in ("rewards", "values", "advantages", "returns"):
+        assert np.array_equal(getattr(a.rollout_buffer, name), getattr(b.rollout_buffer, name)), name
+    assert np.array_equal(a._episode_agent_returns, b._episode_agent_returns)
+    assert np.array_equal(a.training_returns, b.training_returns, equal_nan=True)
+    assert th.equal(a.assigner.weights(), b.assigner.weights())
+
+
+@pytest.mark.parametrize("assigner", ["em", "end_to_end"])
+def test_compact_rewards_train_bit_for_bit(assigner: str) -> None:
+    plain, compact = _train(False, assigner), _train(True, assigner)
+    _assert_same_training(plain, compact)
+    if assigner == "em":
+        assert np.array_equal(plain.assigner.q_table, compact.assigner.q_table)
+    # Monitor's episode return is the agents' mean reward summed: from prefix sums, equal up to rounding
+    ours = [info["r"] for info in compact.ep_info_buffer]
+    assert ours == pytest.approx([info["r"] for info in plain.ep_info_buffer], abs=1e-4)
+    eval_envs = [
+        make_rmdp_vec_env(HC, n_envs=1, seed=9, env_kwargs={"n_agents": 30, "compact_rewards": c})
+        for c in (False, True)
+    ]
+    tables = [evaluate_agent_returns(plain, env, n_episodes=1) for env in eval_envs]
+    assert np.array_equal(tables[0], tables[1])
+
+
+def test_critic_agents_of_all_agents_is_the_exact_critic() -> None:
+    _assert_same_training(_train(False, "em"), _train(False, "em", critic_agents=30))
+
+
+def test_rewards_from_statistics_are_the_reward_vectors() -> None:
+    targets = np.random.default_rng(0).uniform(0.0, 4.0, size=1000)
+    env = VelocityPopulation.__new__(VelocityPopulation)  # the reward functions need no MuJoCo env
+    env.targets, env.b = targets, 4.0
+    speeds = np.array([-0.3, 0.0, 0.1234, 1.0, 2.5, 3.99, 4.2])
+    batched = env.rewards_from_statistics(speeds)
+    assert batched.dtype == np.float32 and batched.shape == (len(speeds), len(targets))
+    order = np.sort(targets)
+    prefix = np.concatenate(([0.0], np.cumsum(order)))
+    for row, speed in zip(batched, speeds):
+        assert np.array_equal(row, velocity_rewards(speed, targets, 4.0))
+        mean = mean_velocity_reward(speed, order, prefix, 4.0)
+        assert mean == pytest.approx(float(np.mean(row, dtype=np.float64)), abs=1e-7)
+
+
+@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_sampled_critic_values_are_the_full_critic_columns(critic: str, k: int) -> None:
+    n_agents = 40
+    policy = MultiRepresentativePolicy(
+        spaces.Box(-1.0, 1.0, (5,)),
+        spaces.Box(-1.0, 1.0, (2,)),
+        lambda _: 3e-4,
+        k=k,
+        n_agents=n_agents,
+        critic=critic,
+        critic_agents=7,
+    )
+    assert policy.critic_agents == 7
+    obs, actions = th.randn(12, 5), th.randn(12, 2)
+    index = th.sort(th.randint(0, k, (12,))).values
+    groups = RepresentativeGroups.of(index, k)
+    agents = th.tensor([0, 3, 4, 17, 38, 39, 20])
+    values, log_prob, entropy = policy.evaluate_actions(obs, actions, groups, agents=agents)
+    full, full_log_prob, full_entropy = policy.evaluate_actions(obs, actions, groups)
+    assert values.shape == (12, 7)
+    th.testing.assert_close(values, full[:, agents])
+    assert th.equal(log_prob, full_log_prob) and th.equal(entropy, full_entropy)
+    # The sampled rows are leaves of their own, and the lazy Adam step moves those rows only.
+    rows, bias = policy.sampled_critic_parameters()
+    values.sum().backward()
+    assert rows.grad is not None and bias.grad is not None and policy.value_net.weight.grad is None
+    before = policy.value_net.weight.detach().clone().view(1 if critic == "conditioned" else k, n_agents, -1)
+    policy.step_sampled_critic()
+    after = policy.value_net.weight.detach().view_as(before)
+    moved = (after != before).any(dim=2).any(dim=0)
+    assert th.equal(moved.nonzero().flatten(), th.sort(agents).values)
+    assert int(policy.critic_rows_steps) == 1 and policy.sampled_critic_parameters() == []
+
+
+def test_sampled_critic_trains_saves_and_loads(tmp_path) -> None:
+    model = _train(True, "em", critic_agents=8)
+    assert model.policy.critic_agents == 8
+    assert model.rollout_buffer.critic_agents is None  # set for the update only
+    model.save(tmp_path / "model")
+    loaded = RMDPPPO.load(tmp_path / "model", device="cpu")
+    assert loaded.policy.critic_agents == 8
+    assert loaded._critic_agent_generator.random() == model._critic_agent_generator.random()
+
+
+def test_critic_agents_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="critic_agents=0"):
+        MultiRepresentativePolicy(
+            spaces.Box(-1.0, 1.0, (3,)),
+            spaces.Box(-1.0, 1.0, (1,)),
+            lambda _: 3e-4,
+            n_agents=4,
+            critic_agents=0,
+        )
+
+
+def _aggregate_model(n_steps: int, tracked: int, assigner: str = "em", compact: bool = True) -> RMDPPPO:
+    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": compact})
+    return RMDPPPO(
+        "MlpPolicy",
+        env,
+        k=2,
+        assigner=assigner,
+        n_steps=n_steps,
+        batch_size=100,
+        n_epochs=1,
+        seed=3,
+        device="cpu",
+        rollout_buffer_class=RMDPAggregateRolloutBuffer,
+        rollout_buffer_kwargs={"tracked_agents": tracked},
+    )
+
+
+def test_aggregate_marginal_advantages_are_the_per_agent_ones() -> None:
+    # Tracking every agent, the buffer holds the per-agent advantages too: the aggregate GAE (from the
+    # speeds and the critic latents) must give their alpha-weighted sums, time-limit bootstraps included.
+    model = _aggregate_model(600, tracked=30)
+    buffer = model.rollout_buffer
+    compared = []
+    aggregate = buffer._compute_marginal_advantages
+
+    def compare(alpha: np.ndarray) -> np.ndarray:
+        marginal = aggregate(alpha)
+        expected = RMDPRolloutBuffer._compute_marginal_advantages(buffer, alpha)
+        np.testing.assert_allclose(marginal, expected, rtol=1e-4, atol=1e-4)
+        compared.append(len(buffer.bootstraps))
+        return marginal
+
+    buffer._compute_marginal_advantages = compare  # type: ignore[method-assign]
+    model.learn(3 * 2 * 600)
+    assert len(compared) == 3 and sum(compared) == 2  # both slots cut their first episode at 1000 steps
+
+
+def test_aggregate_episode_returns_are_the_summed_reward_vectors() -> None:
+    # One rollout of 1100 steps: the same trajectory as the per-agent path, whose returns are the sums
+    # of the reward vectors; the aggregate path sums the tents from the episode's speeds.
+    plain = _train_one_rollout()
+    aggregate = _aggregate_model(1100, tracked=8).learn(2 * 1100)
+    for ours, expected in zip(aggregate.rollout_episode_returns, plain.rollout_episode_returns):
+        assert ours.shape == expected.shape == (1, 30)
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
+    assert np.array_equal(aggregate._last_obs, plain._last_obs)
+    assert aggregate.rollout_buffer.n_agents == 8 and len(aggregate.rollout_buffer.tracked) == 8
+
+
+def _train_one_rollout() -> RMDPPPO:
+    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": True})
+    model = RMDPPPO("MlpPolicy", env, k=2, n_steps=1100, batch_size=100, n_epochs=1, seed=3, device="cpu")
+    return model.learn(2 * 1100)
+
+
+def test_aggregate_buffer_refuses_what_it_cannot_aggregate() -> None:
+    with pytest.raises(ValueError, match="compact rewards"):
+        _aggregate_model(64, tracked=8, compact=False).learn(128)
+    with pytest.raises(ValueError, match="end-to-end"):
+        _aggregate_model(64, tracked=8, assigner="end_to_end").learn(128)
