@@ -87,7 +87,9 @@ def fairness_table(rows: list[dict[str, Any]]) -> str:
         "| task | k | algorithm | trained for | " + " | ".join(header for _, header in shown) + " |",
         "|---|---:|---|---|" + "---:|" * len(shown),
     ]
-    for (task, k, algorithm, objective), figures in groups.items():
+    # by task, k and algorithm, the utilitarian objective first
+    ordered = sorted(groups.items(), key=lambda item: (*item[0][:3], item[0][3] != "utilitarian", item[0][3]))
+    for (task, k, algorithm, objective), figures in ordered:
         if (task, k, algorithm) not in compared:
             continue
         cells = []
