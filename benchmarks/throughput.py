@@ -69,6 +69,8 @@ class Config:
     critic_agents: int | None = None
     #: agents aggregated by representative, this many tracked for the critic (``RMDPAggregateRolloutBuffer``)
     tracked_agents: int | None = None
+    #: the rollout buffer's ``minibatches`` (``"per_representative"``: one representative per minibatch)
+    minibatches: str = "mixed"
 
     @property
     def budget(self) -> int:
@@ -119,6 +121,31 @@ CONFIGS = [
         for name, n, k, n_steps, rollouts, epochs in [
             ("hc-100-5", 100, 5, 1024, 3, 10),
             ("hc-1000-5", 1000, 5, 1024, 3, 10),
+            ("hc-1000-5-2048", 1000, 5, 2048, 2, 10),
+            ("hc-1000-50-mem", 1000, 50, 2048, 1, 1),
+            ("hc-10000-10", 10_000, 10, 128, 1, 10),
+            ("hc-100000-10", 100_000, 10, 128, 1, 10),
+        ]
+    ),
+    # ``-rep``: compact rewards, agents aggregated by representative, the 256 tracked pinned for every
+    # minibatch's critic, one representative per minibatch
+    *(
+        Config(
+            f"{name}-rep",
+            HC,
+            n,
+            k,
+            k,
+            n_steps,
+            rollouts,
+            n_epochs=epochs,
+            compact_rewards=True,
+            tracked_agents=128,
+            critic_agents=128,
+            minibatches="per_representative",
+        )
+        for name, n, k, n_steps, rollouts, epochs in [
+            ("hc-100-5", 100, 5, 1024, 3, 10),
             ("hc-1000-5-2048", 1000, 5, 2048, 2, 10),
             ("hc-1000-50-mem", 1000, 50, 2048, 1, 1),
             ("hc-10000-10", 10_000, 10, 128, 1, 10),
@@ -187,13 +214,16 @@ def build_model(config: Config, algorithm: str, seed: int) -> Any:
         base = getattr(importlib.import_module(module), name)
         return base(policy, vec_env, policy_kwargs=policy_kwargs, **common)
     policy_kwargs.update(critic=config.critic, critic_agents=config.critic_agents)
+    buffer_kwargs: dict[str, Any] = (
+        {} if config.minibatches == "mixed" else {"minibatches": config.minibatches}
+    )
     if config.tracked_agents is not None:
         from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
 
-        common.update(
-            rollout_buffer_class=RMDPAggregateRolloutBuffer,
-            rollout_buffer_kwargs={"tracked_agents": config.tracked_agents},
-        )
+        common.update(rollout_buffer_class=RMDPAggregateRolloutBuffer)
+        buffer_kwargs["tracked_agents"] = config.tracked_agents
+    if buffer_kwargs:
+        common.update(rollout_buffer_kwargs=buffer_kwargs)
     return algorithm_class(config.algo)(policy, vec_env, k=config.k, policy_kwargs=policy_kwargs, **common)
 
 

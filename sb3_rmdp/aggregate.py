@@ -94,6 +94,7 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         n_agents: int = 1,
         k: int = 1,
         tracked_agents: int = 256,
+        minibatches: str = "mixed",
     ):
         if int(tracked_agents) < 1:
             raise ValueError(f"tracked_agents={tracked_agents}: track at least one agent for the critic.")
@@ -104,8 +105,18 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         #: the policy whose critic head aggregates the values (set by the rollout loop)
         self.policy: MultiRepresentativePolicy | None = None
         self.weighted_rewards: Any = None
+        self._tracked_tensor: th.Tensor | None = None
         super().__init__(
-            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs, n_tracked, k
+            buffer_size,
+            observation_space,
+            action_space,
+            device,
+            gae_lambda,
+            gamma,
+            n_envs,
+            n_tracked,
+            k,
+            minibatches=minibatches,
         )
 
     def reset(self) -> None:
@@ -120,6 +131,7 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         """Draw this rollout's tracked agents (all of them when they are at most ``tracked_agents``)."""
         if self.n_agents < self.population:
             self.tracked = np.sort(generator.choice(self.population, self.n_agents, replace=False))
+        self._tracked_tensor = None
 
     def add_step(
         self,
@@ -221,11 +233,25 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
             marginal[step] = carry
         return marginal.astype(np.float32)
 
-    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+    @property
+    def tracked_tensor(self) -> th.Tensor:
+        """``(tracked_agents,)`` :attr:`tracked` as one long tensor for the rollout (the same object for
+        every minibatch of its update, so that the policy recognizes its pinned critic rows)."""
+        if self._tracked_tensor is None:
+            self._tracked_tensor = th.as_tensor(self.tracked, device=self.device)
+        return self._tracked_tensor
+
+    def update_agents(self) -> th.Tensor | None:
+        if self.critic_agents is not None or self.n_agents == self.population:
+            return None
+        return self.tracked_tensor
+
+    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | th.Tensor | None]:
         columns, _ = super()._critic_columns()
         if self.n_agents == self.population:
             return columns, columns
-        columns = np.arange(self.n_agents) if columns is None else columns
+        if columns is None:  # every tracked agent: all the columns of the per-agent arrays
+            return None, self.tracked_tensor
         return columns, self.tracked[columns]
 
 

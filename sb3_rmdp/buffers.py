@@ -14,6 +14,9 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_rmdp.policies import RepresentativeGroups
 
+#: ``minibatches`` of :class:`RMDPRolloutBuffer`
+MINIBATCHES = ("mixed", "per_representative")
+
 
 def slot_representatives(n_envs: int, k: int) -> np.ndarray:
     """The representative driving each env slot at the start: slot ``e`` -> ``e % k`` (for the whole run
@@ -94,6 +97,15 @@ class RMDPRolloutBuffer(RolloutBuffer):
 
     :param n_agents: number of agents (the reward vector's length).
     :param k: number of representatives.
+    :param minibatches: ``"mixed"`` (default): SB3's minibatches, a permutation of all samples cut in
+        ``batch_size`` pieces. ``"per_representative"``: the same permutation, split by representative
+        and each representative's samples cut in ``batch_size`` pieces, the pieces taken in turn
+        (representative 0's first, 1's first, ..., 0's second, ...), as the paper's reference code
+        runs one PPO per representative on its own transitions. Every minibatch then holds one
+        representative's samples, so the policy runs that representative's rows only (its action head,
+        log-std and critic block): cheaper per minibatch at large k, and a different, not an
+        approximate, training (each representative's advantages are normalized over its own minibatch
+        either way). With ``k = 1`` both are SB3's.
     """
 
     rewards: np.ndarray
@@ -122,7 +134,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
         n_envs: int = 1,
         n_agents: int = 1,
         k: int = 1,
+        minibatches: str = "mixed",
     ):
+        if minibatches not in MINIBATCHES:
+            raise ValueError(f"minibatches={minibatches!r}: choose one of {MINIBATCHES}.")
+        self.minibatches = minibatches
         self.n_agents = int(n_agents)
         self.k = int(k)
         self.slot_representatives = slot_representatives(n_envs, self.k)
@@ -307,16 +323,35 @@ class RMDPRolloutBuffer(RolloutBuffer):
             self.marginal_advantages = self._compute_marginal_advantages(self._alpha)
         if batch_size is None:
             batch_size = self.buffer_size * self.n_envs
+        if self.minibatches == "per_representative" and self.k > 1:
+            for batch_inds, representative in self._per_representative_minibatches(indices, batch_size):
+                yield self._get_samples(batch_inds, representative=representative)
+            return
         start_idx = 0
         while start_idx < self.buffer_size * self.n_envs:
             yield self._get_samples(indices[start_idx : start_idx + batch_size])
             start_idx += batch_size
 
+    def _per_representative_minibatches(
+        self, indices: np.ndarray, batch_size: int
+    ) -> Generator[tuple[np.ndarray, int], None, None]:
+        """``minibatches="per_representative"``: the permutation ``indices`` split by representative (each
+        in its permuted order), cut in ``batch_size`` pieces, the pieces of the representatives in turn."""
+        representatives = self.sample_representatives[indices]
+        grouped = indices[np.argsort(representatives, kind="stable")]
+        counts = np.bincount(representatives, minlength=self.k)
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        for offset in range(0, int(counts.max()), batch_size):
+            for j in np.flatnonzero(counts > offset):
+                start = starts[j] + offset
+                yield grouped[start : min(start + batch_size, starts[j + 1])], int(j)
+
     def _get_samples(  # type: ignore[override]
-        self, batch_inds: np.ndarray, env: VecNormalize | None = None
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None, representative: int | None = None
     ) -> RMDPRolloutBufferSamples:
+        """The minibatch of env-major ``batch_inds``; ``representative``: they are all its samples."""
         sample_representatives = self.sample_representatives[batch_inds]
-        if self.k > 1:
+        if self.k > 1 and representative is None:
             # Group the minibatch by representative (the loss is a mean: order does not matter), so the
             # policy runs one matrix product per representative with no permutation.
             order = np.argsort(sample_representatives, kind="stable")
@@ -354,6 +389,7 @@ class RMDPRolloutBuffer(RolloutBuffer):
             index=th.as_tensor(sample_representatives, device=self.device),
             order=None,
             counts=counts.tolist(),
+            single=representative,
         )
         minibatch = RMDPRolloutBufferSamples(
             observations,
@@ -363,11 +399,17 @@ class RMDPRolloutBuffer(RolloutBuffer):
             advantages,
             returns,
             representatives,
-            agents=None if agents is None else th.as_tensor(agents, device=self.device),
+            agents=None if agents is None else th.as_tensor(agents, device=self.device),  # (a tensor: itself)
         )
         return self._with_extras(minibatch, rows)
 
-    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def update_agents(self) -> th.Tensor | None:
+        """``(m,)`` the agents of every minibatch's critic targets in this update when they are the same
+        for the whole update and not the whole population (``None`` otherwise): what
+        :meth:`~sb3_rmdp.policies.MultiRepresentativePolicy.pinned_critic` pins."""
+        return None
+
+    def _critic_columns(self) -> tuple[np.ndarray | None, np.ndarray | th.Tensor | None]:
         """A minibatch's columns of the per-agent arrays and the agents they hold, ``(m,)`` each: a fresh
         sample of :attr:`critic_agents` agents, or ``(None, None)`` for all of them."""
         if self.critic_agents is None:

@@ -14,6 +14,8 @@ bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -54,17 +56,33 @@ class RepresentativeGroups:
     :param order: permutation ``(batch,)`` that sorts the samples by representative, or ``None`` if
         they are sorted already (the buffer sorts every minibatch).
     :param counts: samples per representative, length k.
+    :param single: the one representative of every sample, when the buffer drew the minibatch from one
+        representative's samples (``minibatches="per_representative"``): the policy then runs that
+        representative's rows only, as for an int.
     """
 
     index: th.Tensor
     order: th.Tensor | None
     counts: list[int]
+    single: int | None = None
 
     @classmethod
     def of(cls, index: th.Tensor, k: int) -> RepresentativeGroups:
         is_sorted = index.numel() < 2 or bool((index[1:] >= index[:-1]).all())
         order = None if is_sorted else th.argsort(index, stable=True)
         return cls(index, order, th.bincount(index, minlength=k).tolist())
+
+
+@dataclass(frozen=True)
+class PinnedCriticRows:
+    """The critic rows of :meth:`MultiRepresentativePolicy.pinned_critic`: the agents ``(m,)``, their head
+    rows ``(R,)``, and the working copies (leaves, in a param group of the policy optimizer) of those
+    rows' weights ``(R, latent_dim)`` and biases ``(R,)``."""
+
+    agents: th.Tensor
+    rows: th.Tensor
+    weight: th.Tensor
+    bias: th.Tensor
 
 
 RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | RepresentativeGroups | None
@@ -294,6 +312,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             self.register_buffer("critic_rows_exp_avg_sq", th.zeros(rows, width + 1))
             self.register_buffer("critic_rows_steps", th.zeros((), dtype=th.long))
         self._sampled_rows: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
+        self._pinned_critic: PinnedCriticRows | None = None
         if self.ortho_init:
             module_gains = {
                 self.features_extractor: np.sqrt(2),
@@ -363,7 +382,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         :raises ValueError: on a missing index with ``k > 1``, a wrong length or an index outside ``[0, k)``.
         """
         if isinstance(representatives, RepresentativeGroups):
-            return representatives
+            return representatives if representatives.single is None else representatives.single
         if isinstance(representatives, th.Tensor) and representatives.dtype == th.long:
             if representatives.shape != (batch_size,):
                 raise ValueError(
@@ -478,13 +497,13 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                 return self.value_net(latent_vf)
             index = self.as_representatives(representatives, latent_vf.shape[0])
             return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
-        rows = agents
-        if self.critic_layout != "conditioned" and self.k > 1:  # agent i of block j is row j * n_agents + i
-            blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
-            rows = (blocks + agents.unsqueeze(0)).flatten()
+        rows = self.critic_rows(agents)
         weight: th.Tensor = self.value_net.weight
         bias: th.Tensor = self.value_net.bias
-        if self.critic_agents is not None and th.is_grad_enabled():
+        pinned = self._pinned_critic
+        if pinned is not None and agents is pinned.agents and th.is_grad_enabled():
+            weight, bias = pinned.weight, pinned.bias  # the update's working copy of these rows
+        elif self.critic_agents is not None and th.is_grad_enabled():
             # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
             weight = weight.detach()[rows].requires_grad_(True)
             bias = bias.detach()[rows].requires_grad_(True)
@@ -502,15 +521,104 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return th.gather(every, 1, index.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
         return _grouped_linear(latent_vf, weight.view(self.k, size, -1), bias.view(self.k, size), index)
 
+    def critic_rows(self, agents: th.Tensor) -> th.Tensor:
+        """The critic head's rows of ``agents`` ``(m,)``: ``(m,)`` for a conditioned head (or k = 1), else
+        ``(k * m,)`` block by block (agent i of representative j's block is row ``j * n_agents + i``)."""
+        if self.critic_layout == "conditioned" or self.k == 1:
+            return agents
+        blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
+        return (blocks + agents.unsqueeze(0)).flatten()
+
+    def can_pin_critic(self) -> bool:
+        """Whether :meth:`pinned_critic` applies: a sampled critic (its lazy Adam moments) and an Adam or
+        AdamW policy optimizer without amsgrad, which then steps the pinned rows."""
+        group = self.optimizer.param_groups[0]
+        return (
+            self.critic_agents is not None
+            and type(self.optimizer) in (th.optim.Adam, th.optim.AdamW)
+            and not group.get("amsgrad", False)
+        )
+
+    @contextmanager
+    def pinned_critic(self, agents: th.Tensor) -> Iterator[None]:
+        """Train the critic rows of ``agents`` ``(m,)`` as one dense working copy for a whole update.
+
+        For an update whose every minibatch trains the critic on the same agents (the tracked agents of an
+        :class:`~sb3_rmdp.aggregate.RMDPAggregateRolloutBuffer`), the rows are gathered once with their
+        lazy Adam moments and step count, joined to the policy optimizer as a param group of their own
+        (no weight decay, as the lazy Adam), stepped with the rest of the network, and written back when
+        the block ends: the lazy Adam's arithmetic (:meth:`step_sampled_critic`), up to rounding, without
+        a gather, a scatter and a dozen small kernels per minibatch. Inside the block,
+        :meth:`evaluate_actions` with ``agents`` (this very tensor) reads the working copy.
+
+        :raises ValueError: when :meth:`can_pin_critic` is false.
+        """
+        if not self.can_pin_critic():
+            raise ValueError(
+                "pinned_critic needs a sampled critic (critic_agents) and an Adam or AdamW optimizer "
+                "without amsgrad."
+            )
+        if self._pinned_critic is not None:
+            raise RuntimeError("pinned_critic blocks do not nest: the critic rows are pinned already.")
+        rows = self.critic_rows(agents)
+        with th.no_grad():
+            weight = self.value_net.weight.index_select(0, rows).requires_grad_(True)
+            bias = self.value_net.bias.index_select(0, rows).requires_grad_(True)
+            exp_avg = self.critic_rows_exp_avg.index_select(0, rows)
+            exp_avg_sq = self.critic_rows_exp_avg_sq.index_select(0, rows)
+        optimizer = self.optimizer
+        fused = bool(optimizer.param_groups[0].get("fused")) or bool(
+            optimizer.param_groups[0].get("capturable")
+        )
+        step = self.critic_rows_steps.to(
+            device=weight.device if fused else th.device("cpu"), dtype=th.float32
+        )
+        for parameter, columns in ((weight, slice(None, -1)), (bias, -1)):
+            optimizer.state[parameter] = {
+                "step": step.clone(),
+                "exp_avg": exp_avg[:, columns].contiguous(),
+                "exp_avg_sq": exp_avg_sq[:, columns].contiguous(),
+            }
+        first = optimizer.param_groups[0]
+        # in the first group when it decays nothing (one fused kernel for all), else in a group of their own
+        joins = len(optimizer.param_groups) == 1 and not first.get("weight_decay", 0.0)
+        if joins:
+            first["params"].extend((weight, bias))
+        else:
+            optimizer.add_param_group({"params": [weight, bias], "lr": first["lr"], "weight_decay": 0.0})
+        self._pinned_critic = PinnedCriticRows(agents, rows, weight, bias)
+        try:
+            yield
+        finally:
+            self._pinned_critic = None
+            if joins:
+                del first["params"][-2:]
+            else:
+                optimizer.param_groups.pop()
+            state = [optimizer.state.pop(weight), optimizer.state.pop(bias)]
+            with th.no_grad():
+                self.value_net.weight.index_copy_(0, rows, weight)
+                self.value_net.bias.index_copy_(0, rows, bias)
+                for buffer, key in (
+                    (self.critic_rows_exp_avg, "exp_avg"),
+                    (self.critic_rows_exp_avg_sq, "exp_avg_sq"),
+                ):
+                    buffer.index_copy_(0, rows, th.cat((state[0][key], state[1][key].unsqueeze(1)), 1))
+                self.critic_rows_steps.fill_(int(state[0]["step"].item()))
+
     def sampled_critic_parameters(self) -> list[th.Tensor]:
         """The sampled critic rows of the last training forward pass (leaves whose gradients count in the
         gradient clipping), or ``[]``."""
+        if self._pinned_critic is not None:
+            return [self._pinned_critic.weight, self._pinned_critic.bias]
         return [] if self._sampled_rows is None else list(self._sampled_rows[1:])
 
     @th.no_grad()
     def step_sampled_critic(self) -> None:
         """Adam on the critic rows of the last training forward pass only (a lazy Adam: rows without a
         gradient keep their values and moments), with the policy optimizer's lr, betas and eps."""
+        if self._pinned_critic is not None:  # the policy optimizer steps the pinned rows
+            return
         if self._sampled_rows is None:
             return
         rows, weight, bias = self._sampled_rows

@@ -176,7 +176,10 @@ class RMDPPPO(RMDPAlgorithm, PPO):
 
         With the policy's ``critic_agents`` set (a sampled critic), every minibatch's value loss runs
         over that many agents drawn uniformly without replacement, by the model's own generator
-        (seeded from ``seed``, saved with the model), so SB3's random streams are left as they are.
+        (seeded from ``seed``, saved with the model), so SB3's random streams are left as they are. When
+        every minibatch trains the critic on the same agents (an aggregate buffer's tracked agents, with
+        ``critic_agents`` at least their number), their rows are pinned for the update
+        (:meth:`~sb3_rmdp.policies.MultiRepresentativePolicy.pinned_critic`).
         """
         critic_agents = getattr(self.policy, "critic_agents", None)
         if critic_agents is not None and critic_agents >= self.rollout_buffer.n_agents:
@@ -184,8 +187,15 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         self.rollout_buffer.critic_agents = critic_agents
         if critic_agents is not None:
             self.rollout_buffer.agent_generator = agent_generator(self)
+        pinned = (
+            self.rollout_buffer.update_agents() if hasattr(self.rollout_buffer, "update_agents") else None
+        )
         try:
-            ppo_update(self)
+            if pinned is not None and self.policy.can_pin_critic():
+                with self.policy.pinned_critic(pinned):
+                    ppo_update(self)
+            else:
+                ppo_update(self)
         finally:
             self.rollout_buffer.critic_agents = None
 

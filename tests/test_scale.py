@@ -199,3 +199,168 @@ def test_aggregate_buffer_refuses_what_it_cannot_aggregate() -> None:
         _aggregate_model(64, tracked=8, compact=False).learn(128)
     with pytest.raises(ValueError, match="end-to-end"):
         _aggregate_model(64, tracked=8, assigner="end_to_end").learn(128)
+
+
+def test_velocity_rewards_in_blocks_are_the_one_expression_rewards() -> None:
+    # A rollout's (m, a) rewards go through the in-place blocks: the same float64 arithmetic, bit for bit.
+    rng = np.random.default_rng(1)
+    targets, speeds = rng.uniform(0.0, 4.0, 300), rng.uniform(-1.0, 5.0, (1000, 1))
+    expected = (0.1 * np.clip(1.0 - np.abs(speeds - targets) / 0.2, 0.0, 1.0)).astype(np.float32)
+    assert speeds.size * len(targets) > 32_768  # more than one block
+    assert np.array_equal(velocity_rewards(speeds, targets, 4.0), expected)  # type: ignore[arg-type]
+
+
+def _policy_with_sampled_critic(critic: str, k: int, n_agents: int = 40) -> MultiRepresentativePolicy:
+    return MultiRepresentativePolicy(
+        spaces.Box(-1.0, 1.0, (5,)),
+        spaces.Box(-1.0, 1.0, (2,)),
+        lambda _: 3e-4,
+        k=k,
+        n_agents=n_agents,
+        critic=critic,
+        critic_agents=7,
+    )
+
+
+@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
+def test_pinned_critic_steps_as_the_lazy_adam(critic: str) -> None:
+    # The same minibatches through the lazy Adam (rows gathered and scattered per step) and through the
+    # pinned rows (one working copy stepped by the policy optimizer): the same rows, moments and steps.
+    import copy
+
+    k, agents = 3, th.tensor([0, 3, 4, 17, 20, 38, 39])
+    lazy = _policy_with_sampled_critic(critic, k)
+    pinned = copy.deepcopy(lazy)
+    generator = th.Generator().manual_seed(0)
+    batches = []
+    for _ in range(4):
+        index = th.sort(th.randint(0, k, (16,), generator=generator)).values
+        batches.append((th.randn(16, 64, generator=generator), RepresentativeGroups.of(index, k)))
+    for latent, groups in batches:
+        values = lazy._values_from_latent(latent, groups, agents)
+        (values**2).mean().backward()
+        lazy.step_sampled_critic()
+    with pinned.pinned_critic(agents):
+        for latent, groups in batches:
+            pinned.optimizer.zero_grad()
+            values = pinned._values_from_latent(latent, groups, agents)
+            assert pinned.sampled_critic_parameters()[0].grad is None
+            (values**2).mean().backward()
+            pinned.optimizer.step()
+            pinned.step_sampled_critic()  # the optimizer stepped the pinned rows already: nothing to do
+    assert pinned._pinned_critic is None and len(pinned.optimizer.param_groups[0]["params"]) == len(
+        list(pinned.parameters())
+    )
+    for name in ("critic_rows_exp_avg", "critic_rows_exp_avg_sq"):
+        th.testing.assert_close(getattr(pinned, name), getattr(lazy, name), rtol=1e-5, atol=1e-9)
+    th.testing.assert_close(pinned.value_net.weight, lazy.value_net.weight, rtol=1e-5, atol=1e-7)
+    th.testing.assert_close(pinned.value_net.bias, lazy.value_net.bias, rtol=1e-5, atol=1e-7)
+    assert int(pinned.critic_rows_steps) == int(lazy.critic_rows_steps) == 4
+    rows = lazy.critic_rows(agents)
+    others = th.ones(lazy.value_net.weight.shape[0], dtype=th.bool)
+    others[rows] = False
+    fresh = _policy_with_sampled_critic(critic, k)
+    fresh.load_state_dict(pinned.state_dict())  # (the state dict has no trace of the pinned rows)
+    assert th.equal(pinned.value_net.weight[others], lazy.value_net.weight[others])
+
+
+def test_pinned_critic_refuses_what_it_cannot_pin() -> None:
+    exact = _policy_with_sampled_critic("per_representative", 2, n_agents=5)  # 7 >= 5 agents: exact critic
+    with pytest.raises(ValueError, match="critic_agents"):
+        with exact.pinned_critic(th.tensor([0, 1])):
+            pass
+    policy = _policy_with_sampled_critic("per_representative", 2)
+    with policy.pinned_critic(th.tensor([0, 1])):
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with policy.pinned_critic(th.tensor([2])):
+                pass
+
+
+def _minibatch_model(minibatches: str, k: int, n_envs: int, assigner: str = "em") -> RMDPPPO:
+    env = make_rmdp_vec_env(HC, n_envs=n_envs, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": True})
+    return RMDPPPO(
+        "MlpPolicy",
+        env,
+        k=k,
+        assigner=assigner,
+        n_steps=96,
+        batch_size=48,
+        n_epochs=2,
+        seed=3,
+        device="cpu",
+        rollout_buffer_kwargs={"minibatches": minibatches},
+    )
+
+
+@pytest.mark.parametrize("n_envs", [3, 4])  # slots that keep their representative, and rotating ones
+def test_per_representative_minibatches_partition_the_rollout(n_envs: int) -> None:
+    model = _minibatch_model("per_representative", k=3, n_envs=n_envs).learn(2 * n_envs * 96)
+    buffer = model.rollout_buffer
+    seen, order = [], []
+    for minibatch in buffer.get(40):  # 40 does not divide a representative's samples: short last pieces
+        groups = minibatch.representatives
+        assert groups.single is not None and set(groups.index.tolist()) == {groups.single}
+        assert 1 <= len(groups.index) <= 40 and groups.counts[groups.single] == len(groups.index)
+        order.append(groups.single)
+        seen.append(minibatch.observations)
+    samples = th.cat(seen)
+    assert samples.shape[0] == n_envs * 96  # every sample once
+    expected = buffer.observations.reshape(-1, buffer.observations.shape[-1])
+    assert th.equal(th.sort(samples.sum(1)).values, th.sort(th.as_tensor(expected).sum(1)).values)
+    assert order[:3] == [0, 1, 2]  # the representatives take turns
+
+
+def test_per_representative_minibatches_with_one_representative_are_sb3s() -> None:
+    _assert_same_training(
+        _minibatch_model("mixed", k=1, n_envs=2).learn(384),
+        _minibatch_model("per_representative", k=1, n_envs=2).learn(384),
+    )
+
+
+@pytest.mark.parametrize("assigner", ["em", "end_to_end"])
+def test_per_representative_minibatches_train(assigner: str) -> None:
+    mixed = _minibatch_model("mixed", k=2, n_envs=2, assigner=assigner).learn(384)
+    ours = _minibatch_model("per_representative", k=2, n_envs=2, assigner=assigner).learn(384)
+    assert ours.rollout_buffer.minibatches == "per_representative"
+    assert not th.equal(ours.policy.action_net.weight, mixed.policy.action_net.weight)  # another training
+    assert all(th.isfinite(p).all() for p in ours.policy.parameters())
+
+
+def test_minibatches_must_be_known() -> None:
+    with pytest.raises(ValueError, match="minibatches='by_agent'"):
+        _minibatch_model("by_agent", k=2, n_envs=2)
+
+
+def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tracked agents fewer than the population and a critic on all of them: the update pins their rows
+    # (the policy reads the working copy in every minibatch), and training writes them back.
+    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": True})
+    model = RMDPPPO(
+        "MlpPolicy",
+        env,
+        k=2,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=3,
+        device="cpu",
+        policy_kwargs={"critic_agents": 8},
+        rollout_buffer_class=RMDPAggregateRolloutBuffer,
+        rollout_buffer_kwargs={"tracked_agents": 8, "minibatches": "per_representative"},
+    )
+    pinned_reads = []
+    values_from_latent = model.policy._values_from_latent
+
+    def spy(latent: th.Tensor, representatives: object, agents: th.Tensor | None = None) -> th.Tensor:
+        pin = model.policy._pinned_critic
+        if th.is_grad_enabled() and agents is not None:
+            pinned_reads.append(pin is not None and agents is pin.agents)
+        return values_from_latent(latent, representatives, agents)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model.policy, "_values_from_latent", spy)
+    before = model.policy.value_net.weight.detach().clone()
+    model.learn(2 * 64 * 2)
+    assert pinned_reads and all(pinned_reads) and len(pinned_reads) == 2 * 2 * 4  # updates x epochs x batches
+    assert int(model.policy.critic_rows_steps) == len(pinned_reads)
+    moved = (model.policy.value_net.weight != before).any(dim=1).view(2, 30).any(dim=0)
+    assert 8 <= int(moved.sum()) <= 16  # the tracked agents of the two rollouts only

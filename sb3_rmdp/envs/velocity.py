@@ -78,7 +78,28 @@ def velocity_rewards(x_velocity: float, targets: np.ndarray, b: float) -> np.nda
     :return: ``(n_agents,)`` float32 in ``[0, 0.1]``.
     """
     width = b / 20.0
-    return (0.1 * np.clip(1.0 - np.abs(x_velocity - targets) / width, 0.0, 1.0)).astype(np.float32)
+    speeds = np.asarray(x_velocity, dtype=np.float64)
+    shape = np.broadcast_shapes(speeds.shape, np.shape(targets))
+    out = np.empty(shape, dtype=np.float32)
+    if len(shape) < 2:
+        out[...] = 0.1 * np.clip(1.0 - np.abs(speeds - targets) / width, 0.0, 1.0)
+        return out
+    # Rows of speeds (m, 1) against targets (a,): the same float64 arithmetic in place, a block of rows at
+    # a time, so that a rollout's (m, a) rewards never make float64 temporaries of their own size.
+    rows = max(1, _BLOCK_ENTRIES // max(1, shape[-1]))
+    for start in range(0, shape[0], rows):
+        block = np.subtract(speeds[start : start + rows], targets)
+        np.abs(block, out=block)
+        np.divide(block, width, out=block)
+        np.subtract(1.0, block, out=block)
+        np.clip(block, 0.0, 1.0, out=block)
+        np.multiply(0.1, block, out=block)
+        out[start : start + rows] = block
+    return out
+
+
+#: float64 entries per block of :func:`velocity_rewards` (256 KiB: the block stays in the CPU's cache)
+_BLOCK_ENTRIES = 32_768
 
 
 def mean_velocity_reward(
