@@ -49,6 +49,14 @@ def normalize_sorted_groups(advantages: np.ndarray, counts: np.ndarray) -> np.nd
     return normalized.astype(np.float32, copy=False)
 
 
+def normalize_one_group(advantages: np.ndarray) -> np.ndarray:
+    """:func:`normalize_sorted_groups` of one representative's samples ``(batch,)`` float32, ``batch >= 2``:
+    SB3's ``(a - mean) / (std + 1e-8)``, the std unbiased, in float32."""
+    deviations = advantages - advantages.mean(dtype=np.float32)
+    std = np.sqrt(np.dot(deviations, deviations) / np.float32(len(advantages) - 1))
+    return (deviations / (std + np.float32(1e-8))).astype(np.float32, copy=False)
+
+
 class RMDPRolloutBufferSamples(NamedTuple):
     """A minibatch. Shapes: observations ``(B, *obs_shape)``, actions ``(B, action_dim)``,
     returns ``(B, n_agents)``, old_log_prob ``(B,)``; old_values ``(B, n_agents)``, or ``None`` when
@@ -356,7 +364,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
             # policy runs one matrix product per representative with no permutation.
             order = np.argsort(sample_representatives, kind="stable")
             batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
-        counts = np.bincount(sample_representatives, minlength=self.k)
+        if representative is None:
+            counts = np.bincount(sample_representatives, minlength=self.k)
+        else:
+            counts = np.zeros(self.k, dtype=np.int64)
+            counts[representative] = len(batch_inds)
         rows = self._rows(batch_inds)
         samples = self.buffer_size * self.n_envs
 
@@ -366,7 +378,11 @@ class RMDPRolloutBuffer(RolloutBuffer):
         if self.marginal_advantages is not None:
             advantages = flat(self.marginal_advantages)[rows]
             if self.normalizes_marginals and len(advantages) > 1:
-                advantages = normalize_sorted_groups(advantages, counts)
+                advantages = (
+                    normalize_sorted_groups(advantages, counts)
+                    if representative is None
+                    else normalize_one_group(advantages)
+                )
         else:
             advantages = flat(self.advantages)[rows]
         columns, agents = self._critic_columns()

@@ -497,18 +497,19 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                 return self.value_net(latent_vf)
             index = self.as_representatives(representatives, latent_vf.shape[0])
             return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
-        rows = self.critic_rows(agents)
         weight: th.Tensor = self.value_net.weight
         bias: th.Tensor = self.value_net.bias
         pinned = self._pinned_critic
         if pinned is not None and agents is pinned.agents and th.is_grad_enabled():
             weight, bias = pinned.weight, pinned.bias  # the update's working copy of these rows
         elif self.critic_agents is not None and th.is_grad_enabled():
+            rows = self.critic_rows(agents)
             # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
             weight = weight.detach()[rows].requires_grad_(True)
             bias = bias.detach()[rows].requires_grad_(True)
             self._sampled_rows = (rows, weight, bias)
         else:
+            rows = self.critic_rows(agents)
             weight, bias = th.index_select(weight, 0, rows), th.index_select(bias, 0, rows)
         if self.critic_layout == "conditioned" or self.k == 1:
             return F.linear(latent_vf, weight, bias)

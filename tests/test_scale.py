@@ -364,3 +364,14 @@ def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: py
     assert int(model.policy.critic_rows_steps) == len(pinned_reads)
     moved = (model.policy.value_net.weight != before).any(dim=1).view(2, 30).any(dim=0)
     assert 8 <= int(moved.sum()) <= 16  # the tracked agents of the two rollouts only
+
+
+def test_one_group_normalization_is_the_grouped_one() -> None:
+    from sb3_rmdp.buffers import normalize_one_group, normalize_sorted_groups
+
+    advantages = np.random.default_rng(2).normal(3.0, 2.0, 64).astype(np.float32)
+    counts = np.array([0, 64, 0])
+    np.testing.assert_allclose(
+        normalize_one_group(advantages), normalize_sorted_groups(advantages, counts), rtol=1e-5, atol=1e-6
+    )
+    assert normalize_one_group(advantages).dtype == np.float32

@@ -63,6 +63,13 @@ PARAMS: dict[str, Param] = {
     "tracked_agents": Param(
         int, 0, minimum=0, keyed_default=False, help="aggregate agents by representative, track m (0: off)"
     ),
+    "minibatches": Param(
+        str,
+        "mixed",
+        choices=("mixed", "per_representative"),
+        keyed_default=False,
+        help="the rollout buffer's minibatches (per_representative: one representative each)",
+    ),
 }
 
 METRICS = (
@@ -171,6 +178,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
         kwargs["rollout_buffer_class"] = RMDPAggregateRolloutBuffer
         kwargs["rollout_buffer_kwargs"] = {"tracked_agents": config["tracked_agents"]}
+    if config.get("minibatches", "mixed") != "mixed":
+        kwargs.setdefault("rollout_buffer_kwargs", {})["minibatches"] = config["minibatches"]
     model = RMDPPPO(
         "MlpPolicy",
         train_env,
