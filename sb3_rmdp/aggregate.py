@@ -22,6 +22,12 @@ nor K-means, which records per-agent rewards).
 
     RMDPPPO("MlpPolicy", env, k=10, rollout_buffer_class=RMDPAggregateRolloutBuffer,
             rollout_buffer_kwargs={"tracked_agents": 256})
+
+With ``policy_kwargs={"critic_agents": M}`` at least ``tracked_agents`` every minibatch trains the critic on
+the same tracked agents, whose head rows ``RMDPPPO.train`` then pins for the update
+(:meth:`~sb3_rmdp.policies.MultiRepresentativePolicy.pinned_critic`); with
+``minibatches="per_representative"`` each minibatch runs one representative's rows only (see
+:class:`~sb3_rmdp.buffers.RMDPRolloutBuffer`). Both together are the fastest path at large n.
 """
 
 from __future__ import annotations
