@@ -191,6 +191,36 @@ class VelocityPopulation(gym.Wrapper):
             )
         return obs, velocity_rewards(info["x_velocity"], self.targets, self.b), terminated, truncated, info
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The wrapper's attributes and the MuJoCo env's simulator state and random generator.
+
+        Gymnasium's MuJoCo envs pickle as their constructor arguments (``EzPickle``): a copy would restart
+        from a fresh simulator. The copy gets the integration state (``mj_getState`` with
+        ``mjSTATE_INTEGRATION``: positions, velocities, actuator activations, time, warm start) and the
+        reset generator, so that a VecEnv pickled at save time continues bit for bit.
+        """
+        state = self.__dict__.copy()
+        base = self.unwrapped
+        if hasattr(base, "model") and hasattr(base, "data"):
+            import mujoco
+
+            spec = mujoco.mjtState.mjSTATE_INTEGRATION
+            physics = np.empty(mujoco.mj_stateSize(base.model, spec))
+            mujoco.mj_getState(base.model, base.data, physics, spec)
+            state["_simulator"] = (physics, base._np_random, getattr(base, "_np_random_seed", None))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        simulator = state.pop("_simulator", None)
+        self.__dict__.update(state)
+        if simulator is not None:
+            import mujoco
+
+            physics, generator, seed = simulator
+            base = self.unwrapped
+            mujoco.mj_setState(base.model, base.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+            base._np_random, base._np_random_seed = generator, seed
+
     def rewards_from_statistics(self, statistics: np.ndarray, agents: np.ndarray | None = None) -> np.ndarray:
         """Every agent's reward at each of ``statistics`` (forward speeds ``(m,)``): ``(m, n_agents)``
         float32, row e equal bit for bit to ``velocity_rewards(statistics[e], targets, b)``; with
