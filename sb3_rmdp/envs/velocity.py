@@ -217,7 +217,7 @@ class VelocityPopulation(gym.Wrapper):
             import mujoco
 
             physics, generator, seed = simulator
-            base = self.unwrapped
+            base: Any = self.unwrapped
             mujoco.mj_setState(base.model, base.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
             base._np_random, base._np_random_seed = generator, seed
 
