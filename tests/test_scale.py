@@ -47,12 +47,15 @@ def _assert_same_training(a: RMDPPPO, b: RMDPPPO) -> None:
     assert th.equal(a.assigner.weights(), b.assigner.weights())
 
 
-@pytest.mark.parametrize("assigner", ["em", "end_to_end"])
+@pytest.mark.parametrize("assigner", ["em", "end_to_end", "kmeans"])
 def test_compact_rewards_train_bit_for_bit(assigner: str) -> None:
     plain, compact = _train(False, assigner), _train(True, assigner)
     _assert_same_training(plain, compact)
     if assigner == "em":
         assert np.array_equal(plain.assigner.q_table, compact.assigner.q_table)
+    if assigner == "kmeans":  # clustered on the reward vectors the statistics give
+        assert plain.assigner.clustered and compact.assigner.clustered
+        assert np.array_equal(plain.assigner.hard_assignment, compact.assigner.hard_assignment)
     # Monitor's episode return is the agents' mean reward summed: from prefix sums, equal up to rounding
     ours = [info["r"] for info in compact.ep_info_buffer]
     assert ours == pytest.approx([info["r"] for info in plain.ep_info_buffer], abs=1e-4)

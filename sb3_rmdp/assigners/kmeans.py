@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from sb3_rmdp.assigners.base import Assigner
-from sb3_rmdp.envs.contract import AGENT_REWARDS_KEY
+from sb3_rmdp.envs.contract import AGENT_REWARD_STATISTIC_KEY, agent_rewards_of
 
 
 def kmeans_assignment(
@@ -110,7 +110,10 @@ class KMeansAssigner(Assigner):
         if self.clustered or self.switch_timestep is None:
             return True
         if self.num_timesteps > self.switch_timestep - self.n_samples:
-            self._recorded.append(np.stack([info[AGENT_REWARDS_KEY] for info in self.locals["infos"]]))
+            # the reward vectors, or with compact rewards the env's rewards of the statistics
+            infos = self.locals["infos"]
+            compact = AGENT_REWARD_STATISTIC_KEY in infos[0]
+            self._recorded.append(agent_rewards_of(infos, self.model.get_env() if compact else None))
         return True
 
     def _update(self) -> None:
