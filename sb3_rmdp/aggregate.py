@@ -17,8 +17,9 @@ Exact in arithmetic for the marginal advantages (equal to the per-agent path up 
 the critic is trained on the tracked agents only (an approximation). Needs an env with compact rewards
 that provides both functions (``VelocityPopulation(compact_rewards=True)``), ``RMDPPPO``, env slots that
 keep their representative (``n_envs`` a multiple of k) and an assignment that is fixed during each
-update (EM, fixed, random, coverage; not end-to-end, whose gradient needs every agent's advantages,
-nor K-means, which records per-agent rewards).
+update (EM, K-means, fixed, random, coverage; not end-to-end, whose gradient needs every agent's
+advantages). K-means records its pretraining rewards from the statistics, all n agents' per step over its
+last ``n_samples`` steps, as on the per-agent path.
 
     RMDPPPO("MlpPolicy", env, k=10, rollout_buffer_class=RMDPAggregateRolloutBuffer,
             rollout_buffer_kwargs={"tracked_agents": 256})

@@ -421,3 +421,10 @@ def test_aggregate_resume_is_bit_exact(tmp_path) -> None:
     assert np.array_equal(uninterrupted.assigner.q_table, loaded.assigner.q_table)
     assert np.array_equal(uninterrupted.training_returns, loaded.training_returns, equal_nan=True)
     assert uninterrupted.assigner.n_e_steps == loaded.assigner.n_e_steps
+
+
+def test_aggregate_buffer_runs_kmeans() -> None:
+    # K-means pretrains, records the reward vectors from the statistics, and clusters (then a fixed
+    # assignment: the aggregate marginal advantages apply)
+    model = _aggregate_model(300, tracked=8, assigner="kmeans").learn(2 * 300 * 6)
+    assert model.assigner.clustered and set(np.unique(model.assignment())) <= {0, 1}
