@@ -185,9 +185,14 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         )
         tracked = th.as_tensor(self.tracked, device=self.device)
         representatives = self.step_representatives[0]
-        for slot, j in enumerate(representatives):
-            latents = th.as_tensor(self.latents[:, slot], device=self.device)
-            self.values[:, slot] = self.policy._values_from_latent(latents, int(j), tracked).cpu().numpy()
+        if self.policy.critic_layout == "conditioned" or self.policy.k == 1:  # one head for every slot
+            latents = th.as_tensor(self.latents.reshape(-1, self.latents.shape[-1]), device=self.device)
+            values = self.policy._values_from_latent(latents, int(representatives[0]), tracked)
+            self.values[:] = values.cpu().numpy().reshape(self.values.shape)
+        else:
+            for slot, j in enumerate(representatives):
+                latents = th.as_tensor(self.latents[:, slot], device=self.device)
+                self.values[:, slot] = self.policy._values_from_latent(latents, int(j), tracked).cpu().numpy()
         for step, slot, latent in self.bootstraps:
             latent_t = th.as_tensor(latent[None], dtype=th.float32, device=self.device)
             bootstrap = self.policy._values_from_latent(latent_t, int(representatives[slot]), tracked)[0]
@@ -288,12 +293,16 @@ def collect_aggregate_rollouts(
         history = model._episode_statistics = [[] for _ in range(model.n_envs)]
     callback.on_rollout_start()
     finished: list[list[np.ndarray]] = [[] for _ in range(model.k)]
+    # the slots keep their representatives and the parameters do not change during the rollout: the rows
+    # of the action heads the slots read are gathered once, at the first step
+    gathered: dict[str, th.Tensor] = {}
+    steps_per_representative = np.bincount(model._slot_index, minlength=model.k)
 
     while n_steps < n_rollout_steps:
         with th.no_grad():
             obs_tensor = obs_as_tensor(model._last_obs, model.device)
-            latent_pi, latent_vf, groups = policy._latents(obs_tensor, model._slot_representatives)
-            distribution = policy._get_action_dist_from_latent(latent_pi, groups)
+            latent_pi, latent_vf, groups = policy._latents(obs_tensor, model._slot_representatives, gathered)
+            distribution = policy._get_action_dist_from_latent(latent_pi, groups, gathered)
             action_tensor = distribution.get_actions()
             log_probs = distribution.log_prob(action_tensor)
             action_tensor = action_tensor.reshape((-1, *model.action_space.shape))
@@ -305,7 +314,7 @@ def collect_aggregate_rollouts(
         new_obs, rewards, dones, infos = env.step(clipped_actions)
         model.num_timesteps += env.num_envs
         slot_reps = model._slot_index
-        model._representative_steps += np.bincount(slot_reps, minlength=model.k)
+        model._representative_steps += steps_per_representative
 
         callback.update_locals(locals())
         if not callback.on_step():

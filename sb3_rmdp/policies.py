@@ -356,13 +356,23 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             )
         return layers[0]
 
-    def _conditioned_latent_vf(self, vf_features: th.Tensor, groups: int | RepresentativeGroups) -> th.Tensor:
-        """The critic trunk with each sample's representative vector added to its first pre-activation."""
+    def _conditioned_latent_vf(
+        self,
+        vf_features: th.Tensor,
+        groups: int | RepresentativeGroups,
+        gathered: dict[str, th.Tensor] | None = None,
+    ) -> th.Tensor:
+        """The critic trunk with each sample's representative vector added to its first pre-activation
+        (``gathered``: a rollout's cache of those vectors, see :meth:`_per_representative_linear`)."""
         layers = self.mlp_extractor.value_net
         if isinstance(groups, int):
             embedding = self.critic_embedding[groups]
+        elif gathered is not None and "critic_embedding" in gathered:
+            embedding = gathered["critic_embedding"]
         else:
             embedding = th.index_select(self.critic_embedding, 0, groups.index)
+            if gathered is not None:
+                gathered["critic_embedding"] = embedding
         latent = layers[0](vf_features) + embedding
         for layer in list(layers)[1:]:  # (slicing an nn.Sequential builds a new module on every call)
             latent = layer(latent)
@@ -414,7 +424,12 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return RepresentativeGroups.of(th.as_tensor(index, dtype=th.long, device=self.device), self.k)
 
     def _per_representative_linear(
-        self, layer: nn.Linear, latent: th.Tensor, groups: int | RepresentativeGroups, size: int
+        self,
+        layer: nn.Linear,
+        latent: th.Tensor,
+        groups: int | RepresentativeGroups,
+        size: int,
+        gathered: dict[str, th.Tensor] | None = None,
     ) -> th.Tensor:
         """Apply to each sample only its representative's row block of a ``k``-block linear layer.
 
@@ -433,6 +448,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         :param latent: ``(batch, in_features)``.
         :param groups: one representative (int) for the whole batch, or the batch's groups.
         :param size: outputs per representative.
+        :param gathered: a cache of the rows each sample gathers, for a caller whose batches all have these
+            groups and whose parameters do not change meanwhile (a rollout's steps, no gradient): filled on
+            the first call, read on the others; the same arithmetic, bit for bit.
         :return: ``(batch, size)``.
         """
         if self.k == 1:
@@ -443,8 +461,14 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return F.linear(latent, weight[groups], bias[groups])
         small = self.k * size <= FULL_HEAD_MAX_OUTPUTS
         if small and self.k >= PER_SAMPLE_MIN_K and size <= PER_SAMPLE_MAX_SIZE:
-            rows = th.index_select(weight, 0, groups.index)  # (batch, size, in_features)
-            return (rows * latent.unsqueeze(1)).sum(dim=2) + th.index_select(bias, 0, groups.index)
+            if gathered is not None and "rows" in gathered:
+                rows, bias_rows = gathered["rows"], gathered["bias"]
+            else:
+                rows = th.index_select(weight, 0, groups.index)  # (batch, size, in_features)
+                bias_rows = th.index_select(bias, 0, groups.index)
+                if gathered is not None:
+                    gathered.update(rows=rows, bias=bias_rows)
+            return (rows * latent.unsqueeze(1)).sum(dim=2) + bias_rows
         if small:
             every = layer(latent).view(-1, self.k, size)  # (batch, k, size)
             return th.gather(every, 1, groups.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
@@ -452,9 +476,14 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
 
     # ------------------------------------------------------------------ SB3 API with representatives
     def _latents(
-        self, obs: PyTorchObs, representatives: RepresentativesLike
+        self,
+        obs: PyTorchObs,
+        representatives: RepresentativesLike,
+        gathered: dict[str, th.Tensor] | None = None,
     ) -> tuple[th.Tensor, th.Tensor, int | RepresentativeGroups]:
-        """Actor and critic latents ``(batch, latent_dim)`` and the batch's resolved representatives."""
+        """Actor and critic latents ``(batch, latent_dim)`` and the batch's resolved representatives
+        (``gathered``: a rollout's cache of the rows the samples gather, see
+        :meth:`_per_representative_linear`)."""
         features = self.extract_features(obs)
         if isinstance(features, tuple):  # separate actor and critic features extractors
             pi_features, vf_features = features
@@ -463,27 +492,38 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         latent_pi = self.mlp_extractor.forward_actor(pi_features)
         groups = self.as_representatives(representatives, latent_pi.shape[0])
         if self.critic_layout == "conditioned":
-            return latent_pi, self._conditioned_latent_vf(vf_features, groups), groups
+            return latent_pi, self._conditioned_latent_vf(vf_features, groups, gathered), groups
         return latent_pi, self.mlp_extractor.forward_critic(vf_features), groups
 
     def _get_action_dist_from_latent(
-        self, latent_pi: th.Tensor, representatives: RepresentativesLike = None
+        self,
+        latent_pi: th.Tensor,
+        representatives: RepresentativesLike = None,
+        gathered: dict[str, th.Tensor] | None = None,
     ) -> Distribution:
         """Action distribution of each sample's representative.
 
         :param latent_pi: ``(batch, latent_dim_pi)``.
         :param representatives: ``(batch,)`` indices (see :meth:`as_representatives`).
+        :param gathered: a cache of the head rows and log-stds the samples gather, for a rollout's steps
+            (see :meth:`_per_representative_linear`).
         """
         index = self.as_representatives(representatives, latent_pi.shape[0])
-        head = self._per_representative_linear(self.action_net, latent_pi, index, self.action_head_size)
+        head = self._per_representative_linear(
+            self.action_net, latent_pi, index, self.action_head_size, gathered
+        )
         if isinstance(self.action_dist, DiagGaussianDistribution):
             if self.k == 1:
                 log_std = self.log_std[0]  # SB3's broadcast of one row: bitwise SB3's gradients
             elif isinstance(index, int):
                 log_std = self.log_std[index]
+            elif gathered is not None and "log_std" in gathered:
+                log_std = gathered["log_std"]
             else:
                 # index_select: its backward is an index_add, not a (slow) accumulating index_put
                 log_std = th.index_select(self.log_std, 0, index.index)  # (batch, action_dim)
+                if gathered is not None:
+                    gathered["log_std"] = log_std
             return self.action_dist.proba_distribution(head, log_std)
         return self.action_dist.proba_distribution(action_logits=head)
 

@@ -142,7 +142,9 @@ def test_critic_agents_must_be_positive() -> None:
         )
 
 
-def _aggregate_model(n_steps: int, tracked: int, assigner: str = "em", compact: bool = True) -> RMDPPPO:
+def _aggregate_model(
+    n_steps: int, tracked: int, assigner: str = "em", compact: bool = True, critic: str = "auto"
+) -> RMDPPPO:
     env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": compact})
     return RMDPPPO(
         "MlpPolicy",
@@ -156,13 +158,16 @@ def _aggregate_model(n_steps: int, tracked: int, assigner: str = "em", compact: 
         device="cpu",
         rollout_buffer_class=RMDPAggregateRolloutBuffer,
         rollout_buffer_kwargs={"tracked_agents": tracked},
+        policy_kwargs={"critic": critic},
     )
 
 
-def test_aggregate_marginal_advantages_are_the_per_agent_ones() -> None:
+@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
+def test_aggregate_marginal_advantages_are_the_per_agent_ones(critic: str) -> None:
     # Tracking every agent, the buffer holds the per-agent advantages too: the aggregate GAE (from the
     # speeds and the critic latents) must give their alpha-weighted sums, time-limit bootstraps included.
-    model = _aggregate_model(600, tracked=30)
+    model = _aggregate_model(600, tracked=30, critic=critic)
+    assert model.policy.critic_layout == critic
     buffer = model.rollout_buffer
     compared = []
     aggregate = buffer._compute_marginal_advantages
