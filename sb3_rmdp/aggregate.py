@@ -331,8 +331,8 @@ def collect_aggregate_rollouts(
                 "env_kwargs={'compact_rewards': True}."
             )
         statistics = np.array([info[AGENT_REWARD_STATISTIC_KEY] for info in infos], dtype=np.float64)
-        for slot, statistic in enumerate(statistics):
-            history[slot].append(float(statistic))
+        for slot, statistic in enumerate(statistics.tolist()):
+            history[slot].append(statistic)
         for idx in np.flatnonzero(dones):
             finished[slot_reps[idx]].append(episode_returns_of(np.array(history[idx])))
             history[idx] = []
