@@ -78,6 +78,38 @@ class Config:
 
 
 HC = "sb3_rmdp/HalfCheetahVelocity-v0"
+#: issue 25's HalfCheetah shapes: name, n_agents, k (= n_envs), n_steps, rollouts, n_epochs
+SCALE_SHAPES = [
+    ("hc-100-5", 100, 5, 1024, 3, 10),
+    ("hc-1000-5", 1000, 5, 1024, 3, 10),
+    ("hc-1000-5-2048", 1000, 5, 2048, 2, 10),
+    ("hc-1000-50-mem", 1000, 50, 2048, 1, 1),
+    ("hc-10000-10", 10_000, 10, 128, 1, 10),
+    ("hc-100000-10", 100_000, 10, 128, 1, 10),
+]
+
+
+def _scale_configs(
+    suffix: str, shapes: list[tuple[str, int, int, int, int, int]], **options: Any
+) -> list[Config]:
+    """``NAME-suffix`` configurations of ``shapes`` with compact rewards and ``options``."""
+    return [
+        Config(
+            f"{name}-{suffix}",
+            HC,
+            n,
+            k,
+            k,
+            n_steps,
+            rollouts,
+            n_epochs=epochs,
+            compact_rewards=True,
+            **options,
+        )
+        for name, n, k, n_steps, rollouts, epochs in shapes
+    ]
+
+
 RG = "sb3_rmdp/ResourceGathering-v0"
 MRG = "sb3_rmdp/MaskedResourceGathering-v0"  # 100 agents with size=10
 MASKED_CARTPOLE = "CartPole-v1+mask"  # one agent, every action valid: masking's own cost
@@ -104,53 +136,15 @@ CONFIGS = [
     Config("hc-10000-10-fast", HC, 10_000, 10, 10, 128, rollouts=1, compact_rewards=True, critic_agents=64),
     Config("hc-100000-10-fast", HC, 100_000, 10, 10, 128, rollouts=1, compact_rewards=True, critic_agents=64),
     # ``-agg``: compact rewards, agents aggregated by representative, 256 tracked, 64 per minibatch
-    *(
-        Config(
-            f"{name}-agg",
-            HC,
-            n,
-            k,
-            k,
-            n_steps,
-            rollouts,
-            n_epochs=epochs,
-            compact_rewards=True,
-            tracked_agents=256,
-            critic_agents=64,
-        )
-        for name, n, k, n_steps, rollouts, epochs in [
-            ("hc-100-5", 100, 5, 1024, 3, 10),
-            ("hc-1000-5", 1000, 5, 1024, 3, 10),
-            ("hc-1000-5-2048", 1000, 5, 2048, 2, 10),
-            ("hc-1000-50-mem", 1000, 50, 2048, 1, 1),
-            ("hc-10000-10", 10_000, 10, 128, 1, 10),
-            ("hc-100000-10", 100_000, 10, 128, 1, 10),
-        ]
-    ),
-    # ``-rep``: compact rewards, agents aggregated by representative, the 256 tracked pinned for every
+    *_scale_configs("agg", SCALE_SHAPES, tracked_agents=256, critic_agents=64),
+    # ``-rep``: compact rewards, agents aggregated by representative, the 128 tracked pinned for every
     # minibatch's critic, one representative per minibatch
-    *(
-        Config(
-            f"{name}-rep",
-            HC,
-            n,
-            k,
-            k,
-            n_steps,
-            rollouts,
-            n_epochs=epochs,
-            compact_rewards=True,
-            tracked_agents=128,
-            critic_agents=128,
-            minibatches="per_representative",
-        )
-        for name, n, k, n_steps, rollouts, epochs in [
-            ("hc-100-5", 100, 5, 1024, 3, 10),
-            ("hc-1000-5-2048", 1000, 5, 2048, 2, 10),
-            ("hc-1000-50-mem", 1000, 50, 2048, 1, 1),
-            ("hc-10000-10", 10_000, 10, 128, 1, 10),
-            ("hc-100000-10", 100_000, 10, 128, 1, 10),
-        ]
+    *_scale_configs(
+        "rep",
+        [shape for shape in SCALE_SHAPES if shape[0] != "hc-1000-5"],
+        tracked_agents=128,
+        critic_agents=128,
+        minibatches="per_representative",
     ),
     # the memory target: 2048 steps per slot, 102,400 transitions x 1000 agents per rollout
     Config("hc-1000-50-mem", HC, 1000, 50, 50, 2048, rollouts=1, n_epochs=1, repeats=1),

@@ -339,23 +339,28 @@ def test_minibatches_must_be_known() -> None:
         _minibatch_model("by_agent", k=2, n_envs=2)
 
 
-def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tracked agents fewer than the population and a critic on all of them: the update pins their rows
-    # (the policy reads the working copy in every minibatch), and training writes them back.
+def _pinned_aggregate_model(n_steps: int = 600, batch_size: int = 100, n_epochs: int = 1) -> RMDPPPO:
+    # 30 agents, 8 tracked and pinned, one representative per minibatch
     env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": True})
-    model = RMDPPPO(
+    return RMDPPPO(
         "MlpPolicy",
         env,
         k=2,
-        n_steps=64,
-        batch_size=32,
-        n_epochs=2,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        n_epochs=n_epochs,
         seed=3,
         device="cpu",
         policy_kwargs={"critic_agents": 8},
         rollout_buffer_class=RMDPAggregateRolloutBuffer,
         rollout_buffer_kwargs={"tracked_agents": 8, "minibatches": "per_representative"},
     )
+
+
+def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tracked agents fewer than the population and a critic on all of them: the update pins their rows
+    # (the policy reads the working copy in every minibatch), and training writes them back.
+    model = _pinned_aggregate_model(n_steps=64, batch_size=32, n_epochs=2)
     pinned_reads = []
     values_from_latent = model.policy._values_from_latent
 
@@ -385,28 +390,10 @@ def test_one_group_normalization_is_the_grouped_one() -> None:
     assert normalize_one_group(advantages).dtype == np.float32
 
 
-def _pinned_aggregate_model() -> RMDPPPO:
-    # 30 agents, 8 tracked and pinned, one representative per minibatch; 600 steps per slot, so an
-    # episode (1000 steps) is in progress at every save
-    env = make_rmdp_vec_env(HC, n_envs=2, seed=3, env_kwargs={"n_agents": 30, "compact_rewards": True})
-    return RMDPPPO(
-        "MlpPolicy",
-        env,
-        k=2,
-        n_steps=600,
-        batch_size=100,
-        n_epochs=1,
-        seed=3,
-        device="cpu",
-        policy_kwargs={"critic_agents": 8},
-        rollout_buffer_class=RMDPAggregateRolloutBuffer,
-        rollout_buffer_kwargs={"tracked_agents": 8, "minibatches": "per_representative"},
-    )
-
-
 def test_aggregate_resume_is_bit_exact(tmp_path) -> None:
-    # Save mid-episode, load into the env pickled at save time: the episode statistics in progress, the
-    # agent generator, the critic rows' Adam moments come back, and training goes on as if never stopped.
+    # 600 steps per slot: an episode (1000 steps) is in progress at every save. Save mid-episode, load
+    # into the env pickled at save time: the episode statistics in progress, the agent generator, the
+    # critic rows' Adam moments come back, and training goes on as if never stopped.
     import cloudpickle
 
     uninterrupted = _pinned_aggregate_model().learn(3 * 1200)
