@@ -183,7 +183,7 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         self.rewards[:] = np.asarray(rewards_of(statistics, self.tracked), dtype=np.float32).reshape(
             self.rewards.shape
         )
-        tracked = th.as_tensor(self.tracked, device=self.device)
+        tracked = self.tracked_tensor
         representatives = self.step_representatives[0]
         if self.policy.critic_layout == "conditioned" or self.policy.k == 1:  # one head for every slot
             latents = th.as_tensor(self.latents.reshape(-1, self.latents.shape[-1]), device=self.device)

@@ -359,16 +359,16 @@ class RMDPRolloutBuffer(RolloutBuffer):
     ) -> RMDPRolloutBufferSamples:
         """The minibatch of env-major ``batch_inds``; ``representative``: they are all its samples."""
         sample_representatives = self.sample_representatives[batch_inds]
-        if self.k > 1 and representative is None:
-            # Group the minibatch by representative (the loss is a mean: order does not matter), so the
-            # policy runs one matrix product per representative with no permutation.
-            order = np.argsort(sample_representatives, kind="stable")
-            batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
-        if representative is None:
-            counts = np.bincount(sample_representatives, minlength=self.k)
-        else:
+        if representative is not None:
             counts = np.zeros(self.k, dtype=np.int64)
             counts[representative] = len(batch_inds)
+        else:
+            if self.k > 1:
+                # Group the minibatch by representative (the loss is a mean: order does not matter), so the
+                # policy runs one matrix product per representative with no permutation.
+                order = np.argsort(sample_representatives, kind="stable")
+                batch_inds, sample_representatives = batch_inds[order], sample_representatives[order]
+            counts = np.bincount(sample_representatives, minlength=self.k)
         rows = self._rows(batch_inds)
         samples = self.buffer_size * self.n_envs
 

@@ -187,9 +187,7 @@ class RMDPPPO(RMDPAlgorithm, PPO):
         self.rollout_buffer.critic_agents = critic_agents
         if critic_agents is not None:
             self.rollout_buffer.agent_generator = agent_generator(self)
-        pinned = (
-            self.rollout_buffer.update_agents() if hasattr(self.rollout_buffer, "update_agents") else None
-        )
+        pinned = self.rollout_buffer.update_agents()
         try:
             if pinned is not None and self.policy.can_pin_critic():
                 with self.policy.pinned_critic(pinned):
