@@ -335,6 +335,40 @@ def test_report_tables_and_figures(tmp_path: Path) -> None:
     assert "6 of 6 cells of grid `r` finished" in headline
 
 
+def test_report_keeps_variants_of_a_row_apart(tmp_path: Path) -> None:
+    # Two objectives (or scaling options) of EM at the same task, n and k are two rows, not one mean.
+    grid = Grid.from_dict(
+        {
+            "name": "v",
+            "defaults": {"task": "HalfCheetah", "algorithm": "em", "seed": [0, 1], "k": 5},
+            "cells": [{"objective": "utilitarian"}, {"objective": "egalitarian"}],
+        }
+    )
+    store = Store(tmp_path / "store", "v")
+    store.append(
+        {
+            "cell": cell.key,
+            **cell.config,
+            "welfare": {"utilitarian": 20.0, "egalitarian": 10.0}[cell.config["objective"]]
+            + cell.config["seed"],
+            "upper_bound": 36.0,
+            "wall_s": 1.0,
+        }
+        for cell in grid.cells
+    )
+    from sb3_rmdp.experiments.report import grid_rows, welfare_table
+
+    rows = grid_rows(grid, store)
+    assert {r["algorithm"] for r in rows} == {
+        "em [objective=utilitarian]",
+        "em [objective=egalitarian]",
+    }
+    assert {r["base_algorithm"] for r in rows} == {"em"}
+    table = welfare_table(rows)
+    assert "| EM [objective=utilitarian] | 20.50 ± 0.50 (2) |" in table
+    assert table.index("utilitarian") < table.index("egalitarian")  # the grid's order
+
+
 def test_committed_report_is_the_store_s(tmp_path: Path) -> None:
     """The committed figure3 report is what `bench report` writes from the committed store: no number in
     it was copied by hand."""

@@ -56,8 +56,8 @@ def grid_rows(grid: Grid, store: Store) -> list[dict[str, Any]]:
         algorithm = str(cell.config.get("algorithm", ""))
         row["base_algorithm"] = algorithm
         suffix = [
-            f"{name.removeprefix(algorithm + '_')}={cell.config[name]}"
-            for name in varying.get((cell.config["task"], algorithm), ())
+            f"{name.removeprefix(algorithm + '_')}={cell.config.get(name)}"
+            for name in varying.get(_row_group(cell.config), ())
         ]
         if suffix:
             row["algorithm"] = f"{algorithm} [{', '.join(suffix)}]"
@@ -65,15 +65,24 @@ def grid_rows(grid: Grid, store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-def _varying_params(cells: Sequence[Any]) -> dict[tuple[str, str], list[str]]:
-    """Per (task, algorithm): its own parameters (``Param.algorithms``) that take several values."""
-    values: dict[tuple[str, str], dict[str, set[Any]]] = defaultdict(lambda: defaultdict(set))
+#: parameters that are a table's axes (panel, row, column) or its replicates, never a variant
+_AXES = ("task", "n_agents", "algorithm", "k", "seed")
+
+
+def _varying_params(cells: Sequence[Any]) -> dict[tuple[str, int, str], list[str]]:
+    """Per (task, n_agents, algorithm), a table row: the parameters besides its axes and seeds that take
+    several values (an algorithm's options, the objective, the scaling options), which would otherwise
+    pool different configurations into one mean."""
+    values: dict[tuple[str, int, str], dict[str, set[Any]]] = defaultdict(lambda: defaultdict(set))
     for cell in cells:
-        group = (cell.config["task"], str(cell.config.get("algorithm", "")))
-        for name, param in cell.experiment.params.items():
-            if param.algorithms is not None:
-                values[group][name].add(cell.config[name])
+        for name in cell.experiment.params:
+            if name not in _AXES:
+                values[_row_group(cell.config)][name].add(cell.config.get(name))
     return {group: [n for n, v in params.items() if len(v) > 1] for group, params in values.items()}
+
+
+def _row_group(config: dict[str, Any]) -> tuple[str, int, str]:
+    return str(config["task"]), int(config.get("n_agents") or 0), str(config.get("algorithm", ""))
 
 
 def _label(algorithm: str) -> str:
@@ -90,11 +99,14 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _algorithms(rows: Iterable[dict[str, Any]]) -> list[str]:
-    present = {str(r["algorithm"]) for r in rows}
+    """The rows' algorithms (variants included) in :data:`ALGORITHM_ORDER`, an algorithm's variants in
+    the grid's order."""
+    present = list(dict.fromkeys(str(r["algorithm"]) for r in rows))
 
-    def order(algorithm: str) -> tuple[int, str]:
+    def order(algorithm: str) -> tuple[int, int]:
         base = algorithm.partition(" ")[0]
-        return (ALGORITHM_ORDER.index(base) if base in ALGORITHM_ORDER else len(ALGORITHM_ORDER), algorithm)
+        rank = ALGORITHM_ORDER.index(base) if base in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+        return rank, present.index(algorithm)
 
     return sorted(present, key=order)
 
@@ -308,9 +320,10 @@ def plot_paths(rows: list[dict[str, Any]], path: Path) -> bool:
 
     from sb3_rmdp.plotting import plot_grid_paths
 
-    em = [r for r in rows if r.get("paths") and r["algorithm"] == "em" and r["k"] in (1, 2, 3, 5)]
+    em = [r for r in rows if r.get("paths") and r["base_algorithm"] == "em" and r["k"] in (1, 2, 3, 5)]
     if not em:
         return False
+    em = [r for r in em if r["algorithm"] == em[0]["algorithm"]]  # EM's first variant in the grid
     seed = min(int(r["seed"]) for r in em)
     chosen = sorted((r for r in em if r["seed"] == seed), key=lambda r: r["k"])
     fig = Figure(figsize=(4 * len(chosen), 4.4), layout="constrained")
