@@ -86,11 +86,8 @@ def test_rewards_from_statistics_are_the_reward_vectors() -> None:
         assert mean == pytest.approx(float(np.mean(row, dtype=np.float64)), abs=1e-7)
 
 
-@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
-@pytest.mark.parametrize("k", [1, 3])
-def test_sampled_critic_values_are_the_full_critic_columns(critic: str, k: int) -> None:
-    n_agents = 40
-    policy = MultiRepresentativePolicy(
+def _policy_with_sampled_critic(critic: str, k: int, n_agents: int = 40) -> MultiRepresentativePolicy:
+    return MultiRepresentativePolicy(
         spaces.Box(-1.0, 1.0, (5,)),
         spaces.Box(-1.0, 1.0, (2,)),
         lambda _: 3e-4,
@@ -99,6 +96,13 @@ def test_sampled_critic_values_are_the_full_critic_columns(critic: str, k: int) 
         critic=critic,
         critic_agents=7,
     )
+
+
+@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_sampled_critic_values_are_the_full_critic_columns(critic: str, k: int) -> None:
+    n_agents = 40
+    policy = _policy_with_sampled_critic(critic, k, n_agents)
     assert policy.critic_agents == 7
     obs, actions = th.randn(12, 5), th.randn(12, 2)
     index = th.sort(th.randint(0, k, (12,))).values
@@ -216,18 +220,6 @@ def test_velocity_rewards_in_blocks_are_the_one_expression_rewards() -> None:
     expected = (0.1 * np.clip(1.0 - np.abs(speeds - targets) / 0.2, 0.0, 1.0)).astype(np.float32)
     assert speeds.size * len(targets) > 32_768  # more than one block
     assert np.array_equal(velocity_rewards(speeds, targets, 4.0), expected)  # type: ignore[arg-type]
-
-
-def _policy_with_sampled_critic(critic: str, k: int, n_agents: int = 40) -> MultiRepresentativePolicy:
-    return MultiRepresentativePolicy(
-        spaces.Box(-1.0, 1.0, (5,)),
-        spaces.Box(-1.0, 1.0, (2,)),
-        lambda _: 3e-4,
-        k=k,
-        n_agents=n_agents,
-        critic=critic,
-        critic_agents=7,
-    )
 
 
 @pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
