@@ -42,6 +42,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_rmdp.arrays import large_zeros
 from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.envs.contract import AGENT_REWARD_STATISTIC_KEY
 from sb3_rmdp.policies import MultiRepresentativePolicy
@@ -78,7 +79,8 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
     """A rollout buffer that aggregates the agents by representative (see the module notes).
 
     Its per-agent arrays hold the ``tracked_agents`` agents of the rollout only
-    (``(n_steps, n_envs, tracked_agents)``); besides them it stores each step's reward statistic
+    (``(n_steps, n_envs, tracked_agents)``; after GAE, ``rewards`` holds their advantages: it is the same
+    array as ``advantages``); besides them it stores each step's reward statistic
     ``(n_steps, n_envs)`` and critic latent ``(n_steps, n_envs, latent_dim)``.
 
     :param n_agents: the population's size.
@@ -88,6 +90,8 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
 
     statistics: np.ndarray
     latents: np.ndarray
+    #: the tracked agents' rewards are GAE's input only: their advantages overwrite them
+    advantages_overwrite_rewards = True
 
     def __init__(
         self,
@@ -155,7 +159,7 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         rollout at once, by :meth:`finish`."""
         latents_np = latents.detach().cpu().numpy()
         if getattr(self, "latents", None) is None or self.latents.shape[2:] != latents_np.shape[1:]:
-            self.latents = np.zeros((self.buffer_size, self.n_envs, *latents_np.shape[1:]), dtype=np.float32)
+            self.latents = large_zeros((self.buffer_size, self.n_envs, *latents_np.shape[1:]), np.float32)
         self.statistics[self.pos] = statistics
         self.latents[self.pos] = latents_np
         self.step_representatives[self.pos] = representatives
@@ -179,10 +183,8 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         assert self.policy is not None
         self.last_latents = last_latents.cpu().numpy().astype(np.float64)
         self.last_dones = np.asarray(dones).copy()
-        statistics = self.statistics.reshape(-1)
-        self.rewards[:] = np.asarray(rewards_of(statistics, self.tracked), dtype=np.float32).reshape(
-            self.rewards.shape
-        )
+        for slot in range(self.n_envs):  # a slot at a time: no temporary the size of the buffer
+            self.rewards[:, slot] = rewards_of(self.statistics[:, slot], self.tracked)
         tracked = self.tracked_tensor
         representatives = self.step_representatives[0]
         if self.policy.critic_layout == "conditioned" or self.policy.k == 1:  # one head for every slot

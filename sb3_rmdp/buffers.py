@@ -12,6 +12,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_rmdp.arrays import large_zeros
 from sb3_rmdp.policies import RepresentativeGroups
 
 #: ``minibatches`` of :class:`RMDPRolloutBuffer`
@@ -156,6 +157,10 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.agent_generator = None
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
+    #: GAE writes the advantages over the rewards (one per-agent array less): for a buffer whose per-agent
+    #: rewards are read by GAE only (:class:`~sb3_rmdp.aggregate.RMDPAggregateRolloutBuffer`)
+    advantages_overwrite_rewards = False
+
     def reset(self) -> None:
         # SB3's reset allocates small (n_steps, n_envs) rewards, values, advantages and returns; the
         # per-agent arrays replace them. They are allocated once and reused: every entry is written (by
@@ -165,8 +170,13 @@ class RMDPRolloutBuffer(RolloutBuffer):
         shape = (self.buffer_size, self.n_envs, self.n_agents)
         if not self._per_agent or self._per_agent[0].shape != shape:
             self._per_agent = ()  # free the old arrays before allocating new ones (peak memory)
-            self._per_agent = tuple(np.zeros(shape, dtype=np.float32) for _ in range(4))
-        self.rewards, self.values, self.advantages, self.returns = self._per_agent
+            arrays = 3 if self.advantages_overwrite_rewards else 4
+            self._per_agent = tuple(large_zeros(shape, np.float32) for _ in range(arrays))
+        if self.advantages_overwrite_rewards:
+            self.rewards, self.values, self.returns = self._per_agent
+            self.advantages = self.rewards
+        else:
+            self.rewards, self.values, self.advantages, self.returns = self._per_agent
         self._alpha = None
         self.normalizes_marginals = False
         self.marginal_advantages = None

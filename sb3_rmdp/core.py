@@ -666,7 +666,8 @@ class RMDPAlgorithm(OnPolicyAlgorithm):
 
     def _warn_on_return_scale(self, returns: np.ndarray) -> None:
         """Warn once when per-agent returns exceed what the critic can fit (:data:`RETURN_SCALE_LIMIT`)."""
-        largest = float(np.abs(returns).max()) if returns.size else 0.0
+        # max and -min: no temporary the size of the buffer (a fresh one costs its page faults)
+        largest = max(float(returns.max()), -float(returns.min())) if returns.size else 0.0
         if largest > RETURN_SCALE_LIMIT:
             self._warned_return_scale = True
             warnings.warn(

@@ -15,10 +15,19 @@ OBS = spaces.Box(-1, 1, (2,))
 ACTIONS = spaces.Discrete(2)
 
 
+class OverwritingBuffer(RMDPRolloutBuffer):
+    """GAE writes the advantages over the rewards, as the aggregate buffer's does."""
+
+    advantages_overwrite_rewards = True
+
+
 @pytest.mark.parametrize("n_agents", [1, 3, 17])
 @pytest.mark.parametrize("gamma", [0.9, 0.99, 1.0, np.float64(0.99)])  # a NumPy float64 promotes, as in SB3
 @pytest.mark.parametrize("gae_lambda", [0.0, 0.95, 1.0])
-def test_per_agent_gae_is_sb3_gae_per_agent(n_agents: int, gamma: float, gae_lambda: float) -> None:
+@pytest.mark.parametrize("buffer_class", [RMDPRolloutBuffer, OverwritingBuffer])
+def test_per_agent_gae_is_sb3_gae_per_agent(
+    n_agents: int, gamma: float, gae_lambda: float, buffer_class: type[RMDPRolloutBuffer]
+) -> None:
     rng = np.random.default_rng(n_agents * 100 + int(gamma * 10) + int(gae_lambda * 7))
     n_steps, n_envs = 33, 4
     rewards = rng.normal(size=(n_steps, n_envs, n_agents)).astype(np.float32)
@@ -31,7 +40,8 @@ def test_per_agent_gae_is_sb3_gae_per_agent(n_agents: int, gamma: float, gae_lam
     last_values = rng.normal(size=(n_envs, n_agents)).astype(np.float32)
     dones = rng.random(n_envs) < 0.3
 
-    ours = RMDPRolloutBuffer(n_steps, OBS, ACTIONS, "cpu", gae_lambda, gamma, n_envs, n_agents=n_agents, k=2)
+    ours = buffer_class(n_steps, OBS, ACTIONS, "cpu", gae_lambda, gamma, n_envs, n_agents=n_agents, k=2)
+    assert (ours.advantages is ours.rewards) == buffer_class.advantages_overwrite_rewards
     for t in range(n_steps):
         ours.add(
             np.zeros((n_envs, 2), np.float32),
