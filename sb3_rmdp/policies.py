@@ -455,10 +455,10 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         """
         if self.k == 1:
             return layer(latent)
+        if isinstance(groups, int):  # one slice of each: the fewest autograd nodes
+            return F.linear(latent, *_block(layer.weight, layer.bias, groups, size))
         weight = layer.weight.view(self.k, size, -1)
         bias = layer.bias.view(self.k, size)
-        if isinstance(groups, int):
-            return F.linear(latent, weight[groups], bias[groups])
         small = self.k * size <= FULL_HEAD_MAX_OUTPUTS
         if small and self.k >= PER_SAMPLE_MIN_K and size <= PER_SAMPLE_MAX_SIZE:
             if gathered is not None and "rows" in gathered:
@@ -556,7 +556,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         index = self.as_representatives(representatives, latent_vf.shape[0])
         size = len(agents)
         if isinstance(index, int):
-            return F.linear(latent_vf, weight.view(self.k, size, -1)[index], bias.view(self.k, size)[index])
+            return F.linear(latent_vf, *_block(weight, bias, index, size))
         if self.k * size <= FULL_HEAD_MAX_OUTPUTS:  # as the action heads: one product and a gather
             every = F.linear(latent_vf, weight, bias).view(-1, self.k, size)
             return th.gather(every, 1, index.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
@@ -876,6 +876,12 @@ def check_image_layout(observation_space: spaces.Space) -> None:
                 "np.transpose, or your own ObservationWrapper) to (C, H, W) or (H, W, C); SB3 turns "
                 "(H, W, C) into (C, H, W) itself (VecTransposeImage)."
             )
+
+
+def _block(weight: th.Tensor, bias: th.Tensor, j: int, size: int) -> tuple[th.Tensor, th.Tensor]:
+    """Representative ``j``'s rows ``(size, in_features)`` and ``(size,)`` of a k-block linear layer's
+    ``weight`` ``(k * size, in_features)`` and ``bias`` ``(k * size,)``: views, one slice each."""
+    return weight[j * size : (j + 1) * size], bias[j * size : (j + 1) * size]
 
 
 def _grouped_linear(
