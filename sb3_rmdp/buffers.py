@@ -131,6 +131,9 @@ class RMDPRolloutBuffer(RolloutBuffer):
     #: by :attr:`agent_generator`; set by ``RMDPPPO.train`` from the policy's ``critic_agents``
     critic_agents: int | None
     agent_generator: np.random.Generator | None
+    #: GAE writes the advantages over the rewards (one per-agent array less): for a buffer whose per-agent
+    #: rewards are read by GAE only (:class:`~sb3_rmdp.aggregate.RMDPAggregateRolloutBuffer`)
+    advantages_overwrite_rewards = False
 
     def __init__(
         self,
@@ -156,10 +159,6 @@ class RMDPRolloutBuffer(RolloutBuffer):
         self.critic_agents = None
         self.agent_generator = None
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
-
-    #: GAE writes the advantages over the rewards (one per-agent array less): for a buffer whose per-agent
-    #: rewards are read by GAE only (:class:`~sb3_rmdp.aggregate.RMDPAggregateRolloutBuffer`)
-    advantages_overwrite_rewards = False
 
     def reset(self) -> None:
         # SB3's reset allocates small (n_steps, n_envs) rewards, values, advantages and returns; the
