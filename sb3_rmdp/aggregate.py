@@ -8,8 +8,11 @@ linear critic head ``(W_j, c_j)`` on the critic latent ``h``. So :class:`RMDPAgg
 stores, per step, the env's compact reward statistic (e.g. the forward speed) and the critic latent
 ``(latent_dim,)``, and forms the marginal advantages once per update from them, after the assigner's
 E-step; the aggregate rewards come from the env in ``O(log n_agents)`` per step
-(``weighted_rewards_from_statistics``). Only ``tracked_agents`` agents, drawn afresh for every rollout,
-get per-agent rewards, values and GAE: they are the critic's training targets (a sampled critic). Each
+(``weighted_rewards_from_statistics``). Only ``tracked_agents`` agents per representative, drawn afresh
+for every rollout, get per-agent rewards, values and GAE: they are the critic's training targets (a
+sampled critic). By default (``tracked_from="assignment"``) a representative's tracked agents are those
+assigned to it (a sample of them when they are more, topped up with others when fewer): the rows of its
+critic head that its aggregate value weighs. Each
 finished episode's return vector, which the assigners read, comes from the episode's statistics
 (``episode_returns_from_statistics``).
 
@@ -46,6 +49,9 @@ from sb3_rmdp.arrays import large_zeros
 from sb3_rmdp.buffers import RMDPRolloutBuffer
 from sb3_rmdp.envs.contract import AGENT_REWARD_STATISTIC_KEY
 from sb3_rmdp.policies import MultiRepresentativePolicy
+
+#: where :class:`RMDPAggregateRolloutBuffer` draws each representative's tracked agents from
+TRACKED_FROM = ("assignment", "population")
 
 
 def agent_generator(model: Any) -> np.random.Generator:
@@ -84,8 +90,14 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
     ``(n_steps, n_envs)`` and critic latent ``(n_steps, n_envs, latent_dim)``.
 
     :param n_agents: the population's size.
-    :param tracked_agents: agents whose rewards, values and GAE the buffer keeps, the critic's targets;
-        drawn afresh for every rollout by the model's agent generator.
+    :param tracked_agents: agents per representative whose rewards, values and GAE the buffer keeps, the
+        critic's targets; drawn afresh for every rollout by the model's agent generator (all of them when
+        ``tracked_agents >= n_agents``).
+    :param tracked_from: ``"assignment"`` (default): each representative tracks the agents assigned to
+        it at the rollout's start (``alpha[i, j] > 0``; a uniform sample of ``tracked_agents`` of them
+        when they are more, all of them and a uniform sample of the others when they are fewer), so its
+        critic learns the values its aggregate value head weighs. ``"population"``: one uniform sample
+        of the population for every representative.
     """
 
     statistics: np.ndarray
@@ -106,13 +118,18 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         k: int = 1,
         tracked_agents: int = 256,
         minibatches: str = "mixed",
+        tracked_from: str = "assignment",
     ):
         if int(tracked_agents) < 1:
             raise ValueError(f"tracked_agents={tracked_agents}: track at least one agent for the critic.")
+        if tracked_from not in TRACKED_FROM:
+            raise ValueError(f"tracked_from={tracked_from!r}: choose one of {TRACKED_FROM}.")
+        self.tracked_from = tracked_from
         self.population = int(n_agents)
         n_tracked = min(int(tracked_agents), self.population)
-        #: ``(tracked_agents,)`` the agents of the per-agent arrays' columns, ascending
-        self.tracked = np.arange(n_tracked)
+        #: the agents of the per-agent arrays' columns, ascending: ``(tracked_agents,)`` the same for every
+        #: slot, or ``(k, tracked_agents)`` row j those of representative j's slots
+        self.tracked: np.ndarray = np.arange(n_tracked)
         #: the policy whose critic head aggregates the values (set by the rollout loop)
         self.policy: MultiRepresentativePolicy | None = None
         self.weighted_rewards: Any = None
@@ -138,11 +155,33 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         self.last_latents: np.ndarray | None = None
         self.last_dones: np.ndarray | None = None
 
-    def draw_tracked(self, generator: np.random.Generator) -> None:
-        """Draw this rollout's tracked agents (all of them when they are at most ``tracked_agents``)."""
-        if self.n_agents < self.population:
-            self.tracked = np.sort(generator.choice(self.population, self.n_agents, replace=False))
+    def draw_tracked(self, generator: np.random.Generator, alpha: np.ndarray | None = None) -> None:
+        """Draw this rollout's tracked agents (all of them when they are at most ``tracked_agents``): from
+        each representative's assigned agents under ``alpha`` ``(n_agents, k)`` (see ``tracked_from``), or
+        one sample of the population (``tracked_from="population"``, ``alpha`` None or one representative).
+        """
         self._tracked_tensor = None
+        m = self.n_agents
+        if m >= self.population:
+            return
+        if self.tracked_from == "population" or alpha is None or self.k == 1:
+            self.tracked = np.sort(generator.choice(self.population, m, replace=False))
+            return
+        tracked = np.empty((self.k, m), dtype=np.int64)
+        for j in range(self.k):
+            assigned = np.flatnonzero(alpha[:, j] > 0)
+            if len(assigned) >= m:
+                tracked[j] = np.sort(generator.choice(assigned, m, replace=False))
+                continue
+            others = np.setdiff1d(np.arange(self.population), assigned, assume_unique=True)
+            tracked[j] = np.sort(
+                np.concatenate((assigned, generator.choice(others, m - len(assigned), replace=False)))
+            )
+        self.tracked = tracked
+
+    def tracked_of(self, j: int) -> np.ndarray:
+        """``(tracked_agents,)`` the tracked agents of representative ``j``'s slots."""
+        return self.tracked if self.tracked.ndim == 1 else self.tracked[j]
 
     def add_step(
         self,
@@ -183,25 +222,29 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
         assert self.policy is not None
         self.last_latents = last_latents.cpu().numpy().astype(np.float64)
         self.last_dones = np.asarray(dones).copy()
-        for slot in range(self.n_envs):  # a slot at a time: no temporary the size of the buffer
-            self.rewards[:, slot] = rewards_of(self.statistics[:, slot], self.tracked)
-        tracked = self.tracked_tensor
         representatives = self.step_representatives[0]
-        if self.policy.critic_layout == "conditioned" or self.policy.k == 1:  # one head for every slot
+        for slot, j in enumerate(representatives):  # a slot at a time: no temporary the size of the buffer
+            self.rewards[:, slot] = rewards_of(self.statistics[:, slot], self.tracked_of(j))
+        one_head = self.policy.critic_layout == "conditioned" or self.policy.k == 1
+        if one_head and self.tracked.ndim == 1:  # one head and the same agents for every slot
             latents = th.as_tensor(self.latents.reshape(-1, self.latents.shape[-1]), device=self.device)
-            values = self.policy._values_from_latent(latents, int(representatives[0]), tracked)
+            values = self.policy._values_from_latent(latents, int(representatives[0]), self.tracked_tensor)
             self.values[:] = values.cpu().numpy().reshape(self.values.shape)
         else:
             for slot, j in enumerate(representatives):
                 latents = th.as_tensor(self.latents[:, slot], device=self.device)
-                self.values[:, slot] = self.policy._values_from_latent(latents, int(j), tracked).cpu().numpy()
+                values = self.policy._values_from_latent(latents, int(j), self._tracked_tensor_of(j))
+                self.values[:, slot] = values.cpu().numpy()
         for step, slot, latent in self.bootstraps:
+            j = int(representatives[slot])
             latent_t = th.as_tensor(latent[None], dtype=th.float32, device=self.device)
-            bootstrap = self.policy._values_from_latent(latent_t, int(representatives[slot]), tracked)[0]
+            bootstrap = self.policy._values_from_latent(latent_t, j, self._tracked_tensor_of(j))[0]
             self.rewards[step, slot] += self.gamma * bootstrap.cpu().numpy()
         last_values = th.stack(
             [
-                self.policy._values_from_latent(last_latents[slot : slot + 1], int(j), tracked)[0]
+                self.policy._values_from_latent(
+                    last_latents[slot : slot + 1], int(j), self._tracked_tensor_of(j)
+                )[0]
                 for slot, j in enumerate(representatives)
             ]
         )
@@ -249,11 +292,15 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
 
     @property
     def tracked_tensor(self) -> th.Tensor:
-        """``(tracked_agents,)`` :attr:`tracked` as one long tensor for the rollout (the same object for
-        every minibatch of its update, so that the policy recognizes its pinned critic rows)."""
+        """:attr:`tracked` as one long tensor for the rollout (the same object for every minibatch of its
+        update, so that the policy recognizes its pinned critic rows)."""
         if self._tracked_tensor is None:
             self._tracked_tensor = th.as_tensor(self.tracked, device=self.device)
         return self._tracked_tensor
+
+    def _tracked_tensor_of(self, j: int) -> th.Tensor:
+        tracked = self.tracked_tensor
+        return tracked if tracked.dim() == 1 else tracked[j]
 
     def update_agents(self) -> th.Tensor | None:
         if self.critic_agents is not None or self.n_agents == self.population:
@@ -266,7 +313,7 @@ class RMDPAggregateRolloutBuffer(RMDPRolloutBuffer):
             return columns, columns
         if columns is None:  # every tracked agent: all the columns of the per-agent arrays
             return None, self.tracked_tensor
-        return columns, self.tracked[columns]
+        return columns, self.tracked[..., columns]
 
 
 def collect_aggregate_rollouts(
@@ -280,7 +327,7 @@ def collect_aggregate_rollouts(
     policy.set_training_mode(False)
     n_steps = 0
     buffer.reset()
-    buffer.draw_tracked(agent_generator(model))
+    buffer.draw_tracked(agent_generator(model), model.assigner.weights().detach().cpu().numpy())
     buffer.policy = policy
     if model.rotates_representatives:
         raise ValueError(

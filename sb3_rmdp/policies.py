@@ -75,14 +75,22 @@ class RepresentativeGroups:
 
 @dataclass(frozen=True)
 class PinnedCriticRows:
-    """The critic rows of :meth:`MultiRepresentativePolicy.pinned_critic`: the agents ``(m,)``, their head
-    rows ``(R,)``, and the working copies (leaves, in a param group of the policy optimizer) of those
-    rows' weights ``(R, latent_dim)`` and biases ``(R,)``."""
+    """The critic rows of :meth:`MultiRepresentativePolicy.pinned_critic`: the agents ``(m,)`` or
+    ``(k, m)``, their distinct head rows ``(R,)``, the working copies (leaves, in a param group of the
+    policy optimizer) of those rows' weights ``(R, latent_dim)`` and biases ``(R,)``, and where the
+    agents' rows ``critic_rows(agents)`` lie among them (``None``: in that order already)."""
 
     agents: th.Tensor
     rows: th.Tensor
     weight: th.Tensor
     bias: th.Tensor
+    inverse: th.Tensor | None = None
+
+    def of_agents(self) -> tuple[th.Tensor, th.Tensor]:
+        """The working rows of ``critic_rows(agents)``, in that order."""
+        if self.inverse is None:
+            return self.weight, self.bias
+        return th.index_select(self.weight, 0, self.inverse), th.index_select(self.bias, 0, self.inverse)
 
 
 RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | RepresentativeGroups | None
@@ -530,8 +538,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
     def _values_from_latent(
         self, latent_vf: th.Tensor, representatives: RepresentativesLike, agents: th.Tensor | None = None
     ) -> th.Tensor:
-        """Values ``(batch, n_agents)``, or ``(batch, m)`` of the ``agents`` ``(m,)`` only (a sampled
-        critic: only their rows of the head are multiplied)."""
+        """Values ``(batch, n_agents)``, or ``(batch, m)`` of the ``agents`` only (a sampled critic: only
+        their rows of the head are multiplied): ``(m,)`` the same agents for every sample, or ``(k, m)``
+        row j the agents of representative j's samples."""
         if agents is None:
             if self.critic_layout == "conditioned":
                 return self.value_net(latent_vf)
@@ -541,20 +550,23 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         bias: th.Tensor = self.value_net.bias
         pinned = self._pinned_critic
         if pinned is not None and agents is pinned.agents and th.is_grad_enabled():
-            weight, bias = pinned.weight, pinned.bias  # the update's working copy of these rows
+            weight, bias = pinned.of_agents()  # the update's working copy of these rows
         elif self.critic_agents is not None and th.is_grad_enabled():
-            rows = self.critic_rows(agents)
+            rows, inverse = self._distinct_critic_rows(agents)
             # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
             weight = weight.detach()[rows].requires_grad_(True)
             bias = bias.detach()[rows].requires_grad_(True)
             self._sampled_rows = (rows, weight, bias)
+            if inverse is not None:
+                weight, bias = th.index_select(weight, 0, inverse), th.index_select(bias, 0, inverse)
         else:
             rows = self.critic_rows(agents)
             weight, bias = th.index_select(weight, 0, rows), th.index_select(bias, 0, rows)
-        if self.critic_layout == "conditioned" or self.k == 1:
+        if agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1):
             return F.linear(latent_vf, weight, bias)
+        # k blocks of m rows: representative j's block holds its agents' rows
         index = self.as_representatives(representatives, latent_vf.shape[0])
-        size = len(agents)
+        size = agents.shape[-1]
         if isinstance(index, int):
             return F.linear(latent_vf, *_block(weight, bias, index, size))
         if self.k * size <= FULL_HEAD_MAX_OUTPUTS:  # as the action heads: one product and a gather
@@ -563,12 +575,28 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         return _grouped_linear(latent_vf, weight.view(self.k, size, -1), bias.view(self.k, size), index)
 
     def critic_rows(self, agents: th.Tensor) -> th.Tensor:
-        """The critic head's rows of ``agents`` ``(m,)``: ``(m,)`` for a conditioned head (or k = 1), else
-        ``(k * m,)`` block by block (agent i of representative j's block is row ``j * n_agents + i``)."""
-        if self.critic_layout == "conditioned" or self.k == 1:
+        """The critic head's rows of ``agents``. For ``(m,)`` agents: ``(m,)`` for a conditioned head (or
+        k = 1), else ``(k * m,)`` block by block (agent i of representative j's block is row
+        ``j * n_agents + i``). For ``(k, m)`` agents (row j: representative j's): ``(k * m,)``, block j
+        the rows of ``agents[j]`` (a conditioned head's rows may repeat across blocks)."""
+        if agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1):
             return agents
+        if self.critic_layout == "conditioned" or self.k == 1:
+            return agents.flatten()
         blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
-        return (blocks + agents.unsqueeze(0)).flatten()
+        return (blocks + agents).flatten()
+
+    def _distinct_critic_rows(self, agents: th.Tensor) -> tuple[th.Tensor, th.Tensor | None]:
+        """:meth:`critic_rows` of ``agents`` without repeats, and where each of them lies among those
+        (``None``: none repeats). Only a conditioned head's rows of ``(k, m)`` agents can repeat (an agent
+        tracked for two representatives): one row then, one gradient sum, one Adam step."""
+        rows = self.critic_rows(agents)
+        if agents.dim() == 1 or not (self.critic_layout == "conditioned" or self.k == 1):
+            return rows, None
+        distinct, inverse = th.unique(rows, return_inverse=True)
+        if len(distinct) == len(rows):
+            return rows, None
+        return distinct, inverse
 
     def can_pin_critic(self) -> bool:
         """Whether :meth:`pinned_critic` applies: a sampled critic (its lazy Adam moments) and an Adam or
@@ -582,7 +610,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
 
     @contextmanager
     def pinned_critic(self, agents: th.Tensor) -> Iterator[None]:
-        """Train the critic rows of ``agents`` ``(m,)`` as one dense working copy for a whole update.
+        """Train the critic rows of ``agents`` (``(m,)`` or ``(k, m)``, as :meth:`critic_rows`) as one dense
+        working copy for a whole update.
 
         For an update whose every minibatch trains the critic on the same agents (the tracked agents of an
         :class:`~sb3_rmdp.aggregate.RMDPAggregateRolloutBuffer`), the rows are gathered once with their
@@ -601,7 +630,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             )
         if self._pinned_critic is not None:
             raise RuntimeError("pinned_critic blocks do not nest: the critic rows are pinned already.")
-        rows = self.critic_rows(agents)
+        rows, inverse = self._distinct_critic_rows(agents)
         with th.no_grad():
             weight = self.value_net.weight.index_select(0, rows).requires_grad_(True)
             bias = self.value_net.bias.index_select(0, rows).requires_grad_(True)
@@ -627,7 +656,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             first["params"].extend((weight, bias))
         else:
             optimizer.add_param_group({"params": [weight, bias], "lr": first["lr"], "weight_decay": 0.0})
-        self._pinned_critic = PinnedCriticRows(agents, rows, weight, bias)
+        self._pinned_critic = PinnedCriticRows(agents, rows, weight, bias, inverse)
         try:
             yield
         finally:
@@ -713,7 +742,8 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         """Values ``(batch, n_agents)``, log-likelihood and entropy ``(batch,)`` of ``actions``.
 
         :param agents: ``(m,)`` long, the agents whose values to return (a sampled critic, see
-            ``critic_agents``): values are then ``(batch, m)``; ``None``: every agent.
+            ``critic_agents``), or ``(k, m)``, row j those of representative j's samples: values are then
+            ``(batch, m)``; ``None``: every agent.
         """
         latent_pi, latent_vf, groups = self._latents(obs, representatives)
         distribution = self._get_action_dist_from_latent(latent_pi, groups)

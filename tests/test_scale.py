@@ -125,6 +125,31 @@ def test_sampled_critic_values_are_the_full_critic_columns(critic: str, k: int) 
     assert int(policy.critic_rows_steps) == 1 and policy.sampled_critic_parameters() == []
 
 
+@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
+def test_per_representative_agents_are_each_samples_own_columns(critic: str) -> None:
+    # (k, m) agents: each sample gets the values of its representative's row of agents; a conditioned
+    # head's agent tracked for two representatives (17, 20) is one row, one gradient, one Adam step.
+    k, n_agents = 3, 40
+    policy = _policy_with_sampled_critic(critic, k, n_agents)
+    obs, actions = th.randn(12, 5), th.randn(12, 2)
+    index = th.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1, 0, 0, 2])  # unsorted
+    agents = th.tensor([[0, 3, 17, 20], [4, 17, 20, 38], [1, 2, 20, 39]])
+    for j in range(k):  # one representative for the whole batch
+        ours, _, _ = policy.evaluate_actions(obs, actions, j, agents=agents)
+        th.testing.assert_close(ours, policy.evaluate_actions(obs, actions, j)[0][:, agents[j]])
+    values, _, _ = policy.evaluate_actions(obs, actions, RepresentativeGroups.of(index, k), agents=agents)
+    full, _, _ = policy.evaluate_actions(obs, actions, RepresentativeGroups.of(index, k))
+    th.testing.assert_close(values, th.gather(full, 1, agents[index]))
+    rows, _ = policy.sampled_critic_parameters()
+    assert len(rows) == (9 if critic == "conditioned" else 12)  # distinct head rows only
+    before = policy.value_net.weight.detach().clone()
+    values.sum().backward()
+    policy.step_sampled_critic()
+    moved = (policy.value_net.weight != before).any(dim=1).nonzero().flatten()
+    assert th.equal(moved, th.sort(th.unique(policy.critic_rows(agents))).values)
+    assert int(policy.critic_rows_steps) == 1
+
+
 def test_sampled_critic_trains_saves_and_loads(tmp_path) -> None:
     model = _train(True, "em", critic_agents=8)
     assert model.policy.critic_agents == 8
@@ -197,7 +222,7 @@ def test_aggregate_episode_returns_are_the_summed_reward_vectors() -> None:
         assert ours.shape == expected.shape == (1, 30)
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
     assert np.array_equal(aggregate._last_obs, plain._last_obs)
-    assert aggregate.rollout_buffer.n_agents == 8 and len(aggregate.rollout_buffer.tracked) == 8
+    assert aggregate.rollout_buffer.n_agents == 8 and aggregate.rollout_buffer.tracked.shape == (2, 8)
 
 
 def _train_one_rollout() -> RMDPPPO:
@@ -222,13 +247,18 @@ def test_velocity_rewards_in_blocks_are_the_one_expression_rewards() -> None:
     assert np.array_equal(velocity_rewards(speeds, targets, 4.0), expected)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("per_representative", [False, True])
 @pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
-def test_pinned_critic_steps_as_the_lazy_adam(critic: str) -> None:
+def test_pinned_critic_steps_as_the_lazy_adam(critic: str, per_representative: bool) -> None:
     # The same minibatches through the lazy Adam (rows gathered and scattered per step) and through the
     # pinned rows (one working copy stepped by the policy optimizer): the same rows, moments and steps.
     import copy
 
-    k, agents = 3, th.tensor([0, 3, 4, 17, 20, 38, 39])
+    k = 3
+    if per_representative:  # each representative its own agents; 17 and 20 tracked for two of them
+        agents = th.tensor([[0, 3, 17, 20], [4, 17, 20, 38], [1, 2, 20, 39]])
+    else:
+        agents = th.tensor([0, 3, 4, 17, 20, 38, 39])
     lazy = _policy_with_sampled_critic(critic, k)
     pinned = copy.deepcopy(lazy)
     generator = th.Generator().manual_seed(0)
@@ -363,12 +393,61 @@ def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: py
         return values_from_latent(latent, representatives, agents)  # type: ignore[arg-type]
 
     monkeypatch.setattr(model.policy, "_values_from_latent", spy)
+    tracked = []
+    draw = model.rollout_buffer.draw_tracked
+
+    def record(*args: object) -> None:
+        draw(*args)  # type: ignore[arg-type]
+        tracked.append(model.rollout_buffer.tracked.copy())
+
+    monkeypatch.setattr(model.rollout_buffer, "draw_tracked", record)
     before = model.policy.value_net.weight.detach().clone()
     model.learn(2 * 64 * 2)
     assert pinned_reads and all(pinned_reads) and len(pinned_reads) == 2 * 2 * 4  # updates x epochs x batches
     assert int(model.policy.critic_rows_steps) == len(pinned_reads)
-    moved = (model.policy.value_net.weight != before).any(dim=1).view(2, 30).any(dim=0)
-    assert 8 <= int(moved.sum()) <= 16  # the tracked agents of the two rollouts only
+    moved = (model.policy.value_net.weight != before).any(dim=1).view(2, 30)
+    assert len(tracked) == 2 and all(t.shape == (2, 8) for t in tracked)
+    for j in range(2):  # each representative's block: the rows of its tracked agents of the two rollouts
+        assert set(moved[j].nonzero().flatten().tolist()) == set(np.concatenate([t[j] for t in tracked]))
+
+
+def test_tracked_agents_are_each_representatives_assigned_ones() -> None:
+    buffer = RMDPAggregateRolloutBuffer(
+        64,
+        spaces.Box(-1, 1, (3,)),
+        spaces.Box(-1, 1, (1,)),
+        "cpu",
+        n_envs=3,
+        n_agents=30,
+        k=3,
+        tracked_agents=8,
+    )
+    alpha = np.zeros((30, 3))
+    alpha[np.arange(30), np.r_[np.zeros(20, int), np.ones(5, int), np.full(5, 2)]] = 1.0
+    alpha[25:, :] = 0.0  # agents 25-29 take their outside option: nobody's
+    buffer.draw_tracked(np.random.default_rng(0), alpha)
+    tracked = buffer.tracked
+    assert tracked.shape == (3, 8) and all(np.array_equal(row, np.unique(row)) for row in tracked)
+    assert set(tracked[0]) <= set(range(20))  # 20 assigned: a sample of 8 of them
+    assert set(range(20, 25)) <= set(tracked[1])  # 5 assigned: all of them, and 3 others
+    assert len(set(tracked[2])) == 8  # none assigned: 8 of the others
+    again = RMDPAggregateRolloutBuffer(
+        64,
+        spaces.Box(-1, 1, (3,)),
+        spaces.Box(-1, 1, (1,)),
+        "cpu",
+        n_envs=3,
+        n_agents=30,
+        k=3,
+        tracked_agents=8,
+        tracked_from="population",
+    )
+    again.draw_tracked(np.random.default_rng(0), alpha)
+    assert np.array_equal(again.tracked, np.sort(np.random.default_rng(0).choice(30, 8, replace=False)))
+    with pytest.raises(ValueError, match="tracked_from='agents'"):
+        RMDPAggregateRolloutBuffer(
+            64, spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (1,)), n_agents=30, k=3, tracked_from="agents"
+        )
 
 
 def test_one_group_normalization_is_the_grouped_one() -> None:
