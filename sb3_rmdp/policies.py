@@ -76,21 +76,41 @@ class RepresentativeGroups:
 @dataclass(frozen=True)
 class PinnedCriticRows:
     """The critic rows of :meth:`MultiRepresentativePolicy.pinned_critic`: the agents ``(m,)`` or
-    ``(k, m)``, their distinct head rows ``(R,)``, the working copies (leaves, in a param group of the
-    policy optimizer) of those rows' weights ``(R, latent_dim)`` and biases ``(R,)``, and where the
-    agents' rows ``critic_rows(agents)`` lie among them (``None``: in that order already)."""
+    ``(k, m)``, their distinct head rows ``(R,)``, the working copies of those rows (leaves, in a param
+    group of the policy optimizer) and where the agents' rows ``critic_rows(agents)`` lie among them
+    (``inverse``; ``None``: in that order already).
+
+    The working copies are ``leaves``: one ``(weight (R, latent_dim), bias (R,))`` pair, or, for a
+    per-representative head, one pair of ``(R / k, ...)`` per representative, so that a minibatch of one
+    representative steps only its own rows (the others have no gradient: Adam leaves them as they are).
+    """
 
     agents: th.Tensor
     rows: th.Tensor
-    weight: th.Tensor
-    bias: th.Tensor
+    leaves: tuple[tuple[th.Tensor, th.Tensor], ...]
     inverse: th.Tensor | None = None
 
+    def parameters(self) -> list[th.Tensor]:
+        return [tensor for pair in self.leaves for tensor in pair]
+
     def of_agents(self) -> tuple[th.Tensor, th.Tensor]:
-        """The working rows of ``critic_rows(agents)``, in that order."""
+        """The working rows of ``critic_rows(agents)`` ``(R', latent_dim)`` and ``(R',)``, in that order."""
+        if len(self.leaves) > 1:
+            return th.cat([w for w, _ in self.leaves]), th.cat([c for _, c in self.leaves])
+        weight, bias = self.leaves[0]
         if self.inverse is None:
-            return self.weight, self.bias
-        return th.index_select(self.weight, 0, self.inverse), th.index_select(self.bias, 0, self.inverse)
+            return weight, bias
+        return th.index_select(weight, 0, self.inverse), th.index_select(bias, 0, self.inverse)
+
+    def of_representative(self, j: int, size: int) -> tuple[th.Tensor, th.Tensor]:
+        """The working rows of representative ``j``'s block of ``size`` rows of ``critic_rows(agents)``."""
+        if len(self.leaves) > 1:
+            return self.leaves[j]
+        weight, bias = self.leaves[0]
+        if self.inverse is None:
+            return _block(weight, bias, j, size)
+        positions = self.inverse[j * size : (j + 1) * size]
+        return th.index_select(weight, 0, positions), th.index_select(bias, 0, positions)
 
 
 RepresentativesLike = th.Tensor | np.ndarray | int | list[int] | RepresentativeGroups | None
@@ -546,33 +566,46 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
                 return self.value_net(latent_vf)
             index = self.as_representatives(representatives, latent_vf.shape[0])
             return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
+        index = self.as_representatives(representatives, latent_vf.shape[0])
+        size = agents.shape[-1]
+        # k blocks of m rows (representative j's block: its agents' rows), or one head over the agents
+        blocks = not (agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1))
+        j = index if blocks and isinstance(index, int) else None  # one representative's block only
+        single = j is not None
         weight: th.Tensor = self.value_net.weight
         bias: th.Tensor = self.value_net.bias
         pinned = self._pinned_critic
         if pinned is not None and agents is pinned.agents and th.is_grad_enabled():
-            weight, bias = pinned.of_agents()  # the update's working copy of these rows
+            # the update's working copy of these rows
+            weight, bias = pinned.of_representative(j, size) if j is not None else pinned.of_agents()
         elif self.critic_agents is not None and th.is_grad_enabled():
-            rows, inverse = self._distinct_critic_rows(agents)
-            # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step
+            # the rows as leaves of their own: no dense (n_agents, latent) gradient, a lazy Adam step (of
+            # a single representative's rows only, for a minibatch of one representative)
+            rows, inverse = (
+                (self._representative_critic_rows(agents, j), None)
+                if j is not None
+                else self._distinct_critic_rows(agents)
+            )
             weight = weight.detach()[rows].requires_grad_(True)
             bias = bias.detach()[rows].requires_grad_(True)
             self._sampled_rows = (rows, weight, bias)
             if inverse is not None:
                 weight, bias = th.index_select(weight, 0, inverse), th.index_select(bias, 0, inverse)
         else:
-            rows = self.critic_rows(agents)
+            rows = self._representative_critic_rows(agents, j) if j is not None else self.critic_rows(agents)
             weight, bias = th.index_select(weight, 0, rows), th.index_select(bias, 0, rows)
-        if agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1):
+        if single or not blocks:
             return F.linear(latent_vf, weight, bias)
-        # k blocks of m rows: representative j's block holds its agents' rows
-        index = self.as_representatives(representatives, latent_vf.shape[0])
-        size = agents.shape[-1]
-        if isinstance(index, int):
-            return F.linear(latent_vf, *_block(weight, bias, index, size))
+        assert isinstance(index, RepresentativeGroups)
         if self.k * size <= FULL_HEAD_MAX_OUTPUTS:  # as the action heads: one product and a gather
             every = F.linear(latent_vf, weight, bias).view(-1, self.k, size)
             return th.gather(every, 1, index.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
         return _grouped_linear(latent_vf, weight.view(self.k, size, -1), bias.view(self.k, size), index)
+
+    def _representative_critic_rows(self, agents: th.Tensor, j: int) -> th.Tensor:
+        """Representative ``j``'s block of :meth:`critic_rows` of ``agents`` (k blocks of m rows)."""
+        own = agents if agents.dim() == 1 else agents[j]
+        return own if self.critic_layout == "conditioned" or self.k == 1 else own + j * self.n_agents
 
     def critic_rows(self, agents: th.Tensor) -> th.Tensor:
         """The critic head's rows of ``agents``. For ``(m,)`` agents: ``(m,)`` for a conditioned head (or
@@ -631,56 +664,72 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if self._pinned_critic is not None:
             raise RuntimeError("pinned_critic blocks do not nest: the critic rows are pinned already.")
         rows, inverse = self._distinct_critic_rows(agents)
+        # a per-representative head's k blocks as k pairs of leaves, a conditioned head's rows as one
+        n_blocks = (
+            self.k if inverse is None and not (self.critic_layout == "conditioned" or self.k == 1) else 1
+        )
         with th.no_grad():
-            weight = self.value_net.weight.index_select(0, rows).requires_grad_(True)
-            bias = self.value_net.bias.index_select(0, rows).requires_grad_(True)
-            exp_avg = self.critic_rows_exp_avg.index_select(0, rows)
-            exp_avg_sq = self.critic_rows_exp_avg_sq.index_select(0, rows)
+            weights = self.value_net.weight.index_select(0, rows).chunk(n_blocks)
+            biases = self.value_net.bias.index_select(0, rows).chunk(n_blocks)
+            exp_avg = self.critic_rows_exp_avg.index_select(0, rows).chunk(n_blocks)
+            exp_avg_sq = self.critic_rows_exp_avg_sq.index_select(0, rows).chunk(n_blocks)
         optimizer = self.optimizer
         fused = bool(optimizer.param_groups[0].get("fused")) or bool(
             optimizer.param_groups[0].get("capturable")
         )
         step = self.critic_rows_steps.to(
-            device=weight.device if fused else th.device("cpu"), dtype=th.float32
+            device=self.value_net.weight.device if fused else th.device("cpu"), dtype=th.float32
         )
-        for parameter, columns in ((weight, slice(None, -1)), (bias, -1)):
-            optimizer.state[parameter] = {
-                "step": step.clone(),
-                "exp_avg": exp_avg[:, columns].contiguous(),
-                "exp_avg_sq": exp_avg_sq[:, columns].contiguous(),
-            }
+        leaves = []
+        for b in range(n_blocks):
+            pair = (weights[b].clone().requires_grad_(True), biases[b].clone().requires_grad_(True))
+            columns_of: tuple[slice | int, ...] = (slice(None, -1), -1)
+            for parameter, columns in zip(pair, columns_of):
+                optimizer.state[parameter] = {
+                    "step": step.clone(),
+                    "exp_avg": exp_avg[b][:, columns].contiguous(),
+                    "exp_avg_sq": exp_avg_sq[b][:, columns].contiguous(),
+                }
+            leaves.append(pair)
+        pinned = PinnedCriticRows(agents, rows, tuple(leaves), inverse)
+        parameters = pinned.parameters()
         first = optimizer.param_groups[0]
         # in the first group when it decays nothing (one fused kernel for all), else in a group of their own
         joins = len(optimizer.param_groups) == 1 and not first.get("weight_decay", 0.0)
         if joins:
-            first["params"].extend((weight, bias))
+            first["params"].extend(parameters)
         else:
-            optimizer.add_param_group({"params": [weight, bias], "lr": first["lr"], "weight_decay": 0.0})
-        self._pinned_critic = PinnedCriticRows(agents, rows, weight, bias, inverse)
+            optimizer.add_param_group({"params": parameters, "lr": first["lr"], "weight_decay": 0.0})
+        self._pinned_critic = pinned
         try:
             yield
         finally:
             self._pinned_critic = None
             if joins:
-                del first["params"][-2:]
+                del first["params"][-len(parameters) :]
             else:
                 optimizer.param_groups.pop()
-            state = [optimizer.state.pop(weight), optimizer.state.pop(bias)]
+            states = [optimizer.state.pop(parameter) for parameter in parameters]
             with th.no_grad():
-                self.value_net.weight.index_copy_(0, rows, weight)
-                self.value_net.bias.index_copy_(0, rows, bias)
+                self.value_net.weight.index_copy_(0, rows, th.cat([w for w, _ in leaves]))
+                self.value_net.bias.index_copy_(0, rows, th.cat([c for _, c in leaves]))
                 for buffer, key in (
                     (self.critic_rows_exp_avg, "exp_avg"),
                     (self.critic_rows_exp_avg_sq, "exp_avg_sq"),
                 ):
-                    buffer.index_copy_(0, rows, th.cat((state[0][key], state[1][key].unsqueeze(1)), 1))
-                self.critic_rows_steps.fill_(int(state[0]["step"].item()))
+                    moments = [
+                        th.cat((states[2 * b][key], states[2 * b + 1][key].unsqueeze(1)), 1)
+                        for b in range(n_blocks)
+                    ]
+                    buffer.index_copy_(0, rows, th.cat(moments))
+                # one step count for all rows (a lazy Adam's): the most any block took
+                self.critic_rows_steps.fill_(max(int(states[2 * b]["step"].item()) for b in range(n_blocks)))
 
     def sampled_critic_parameters(self) -> list[th.Tensor]:
         """The sampled critic rows of the last training forward pass (leaves whose gradients count in the
         gradient clipping), or ``[]``."""
         if self._pinned_critic is not None:
-            return [self._pinned_critic.weight, self._pinned_critic.bias]
+            return self._pinned_critic.parameters()
         return [] if self._sampled_rows is None else list(self._sampled_rows[1:])
 
     @th.no_grad()

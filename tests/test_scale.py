@@ -3,6 +3,8 @@ critic computes what the full critic computes, for its agents only."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch as th
@@ -294,6 +296,26 @@ def test_pinned_critic_steps_as_the_lazy_adam(critic: str, per_representative: b
     assert th.equal(pinned.value_net.weight[others], lazy.value_net.weight[others])
 
 
+def test_pinned_critic_steps_only_the_minibatchs_representative() -> None:
+    # A per-representative head pinned as k blocks: a minibatch of representative 1 steps its rows and
+    # moments only (as the reference code's separate PPOs), the lazy Adam without pinning likewise.
+    agents = th.tensor([[0, 3, 17], [4, 17, 38], [1, 2, 39]])
+    for pin in (True, False):
+        policy = _policy_with_sampled_critic("per_representative", 3)
+        before = policy.value_net.weight.detach().clone()
+        with policy.pinned_critic(agents) if pin else contextlib.nullcontext():
+            policy.optimizer.zero_grad()
+            policy._values_from_latent(th.randn(16, 64), 1, agents).pow(2).mean().backward()
+            grads = [p.grad is not None for p in policy.sampled_critic_parameters()]
+            policy.optimizer.step()
+            policy.step_sampled_critic()
+        assert grads == ([False, False, True, True, False, False] if pin else [True, True])
+        moved = (policy.value_net.weight != before).any(dim=1).nonzero().flatten()
+        assert th.equal(moved, agents[1] + 40)
+        stepped = policy.critic_rows_exp_avg.abs().sum(dim=1).nonzero().flatten()
+        assert th.equal(stepped, agents[1] + 40) and int(policy.critic_rows_steps) == 1
+
+
 def test_pinned_critic_refuses_what_it_cannot_pin() -> None:
     exact = _policy_with_sampled_critic("per_representative", 2, n_agents=5)  # 7 >= 5 agents: exact critic
     with pytest.raises(ValueError, match="critic_agents"):
@@ -404,7 +426,8 @@ def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: py
     before = model.policy.value_net.weight.detach().clone()
     model.learn(2 * 64 * 2)
     assert pinned_reads and all(pinned_reads) and len(pinned_reads) == 2 * 2 * 4  # updates x epochs x batches
-    assert int(model.policy.critic_rows_steps) == len(pinned_reads)
+    # one representative per minibatch: its block of rows steps, the other's has no gradient and stays
+    assert int(model.policy.critic_rows_steps) == len(pinned_reads) // 2
     moved = (model.policy.value_net.weight != before).any(dim=1).view(2, 30)
     assert len(tracked) == 2 and all(t.shape == (2, 8) for t in tracked)
     for j in range(2):  # each representative's block: the rows of its tracked agents of the two rollouts

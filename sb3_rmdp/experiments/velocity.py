@@ -63,6 +63,14 @@ PARAMS: dict[str, Param] = {
     "tracked_agents": Param(
         int, 0, minimum=0, keyed_default=False, help="aggregate agents by representative, track m (0: off)"
     ),
+    # "population" is what the stored cells ran before the option (the library's default is "assignment")
+    "tracked_from": Param(
+        str,
+        "population",
+        choices=("assignment", "population"),
+        keyed_default=False,
+        help="where each representative's tracked agents come from (with tracked_agents)",
+    ),
     "minibatches": Param(
         str,
         "mixed",
@@ -177,7 +185,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
 
         kwargs["rollout_buffer_class"] = RMDPAggregateRolloutBuffer
-        kwargs["rollout_buffer_kwargs"] = {"tracked_agents": config["tracked_agents"]}
+        kwargs["rollout_buffer_kwargs"] = {
+            "tracked_agents": config["tracked_agents"],
+            "tracked_from": config.get("tracked_from", "population"),
+        }
     if config.get("minibatches", "mixed") != "mixed":
         kwargs.setdefault("rollout_buffer_kwargs", {})["minibatches"] = config["minibatches"]
     model = RMDPPPO(
