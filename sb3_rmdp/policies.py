@@ -564,14 +564,13 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if agents is None:
             if self.critic_layout == "conditioned":
                 return self.value_net(latent_vf)
-            index = self.as_representatives(representatives, latent_vf.shape[0])
-            return self._per_representative_linear(self.value_net, latent_vf, index, self.n_agents)
-        index = self.as_representatives(representatives, latent_vf.shape[0])
+            groups = self.as_representatives(representatives, latent_vf.shape[0])
+            return self._per_representative_linear(self.value_net, latent_vf, groups, self.n_agents)
         size = agents.shape[-1]
         # k blocks of m rows (representative j's block: its agents' rows), or one head over the agents
         blocks = not (agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1))
-        j = index if blocks and isinstance(index, int) else None  # one representative's block only
-        single = j is not None
+        index = self.as_representatives(representatives, latent_vf.shape[0]) if blocks else None
+        j = index if isinstance(index, int) else None  # one representative's block only
         weight: th.Tensor = self.value_net.weight
         bias: th.Tensor = self.value_net.bias
         pinned = self._pinned_critic
@@ -594,7 +593,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         else:
             rows = self._representative_critic_rows(agents, j) if j is not None else self.critic_rows(agents)
             weight, bias = th.index_select(weight, 0, rows), th.index_select(bias, 0, rows)
-        if single or not blocks:
+        if j is not None or not blocks:
             return F.linear(latent_vf, weight, bias)
         assert isinstance(index, RepresentativeGroups)
         if self.k * size <= FULL_HEAD_MAX_OUTPUTS:  # as the action heads: one product and a gather

@@ -417,3 +417,25 @@ def test_embed_writes_between_the_markers(tmp_path: Path) -> None:
         embed(page, "other", "x")
     with pytest.raises(GridError, match="no such file"):
         embed(tmp_path / "missing.md", "g", "x")
+
+
+def test_velocity_cells_pass_their_scaling_options_to_the_model() -> None:
+    from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+    from sb3_rmdp.experiments.velocity import PARAMS, ppo_kwargs
+
+    config = {name: param.default for name, param in PARAMS.items()}
+    plain = ppo_kwargs(config)
+    assert "rollout_buffer_class" not in plain and "critic_agents" not in plain["policy_kwargs"]
+    config.update(
+        tracked_agents=32, critic_agents=32, tracked_from="assignment", minibatches="per_representative"
+    )
+    scaled = ppo_kwargs(config)
+    assert scaled["rollout_buffer_class"] is RMDPAggregateRolloutBuffer
+    assert scaled["rollout_buffer_kwargs"] == {
+        "tracked_agents": 32,
+        "tracked_from": "assignment",
+        "minibatches": "per_representative",
+    }
+    assert scaled["policy_kwargs"]["critic_agents"] == 32
+    # a cell written before the option keeps its key and its meaning: one sample of the population
+    assert PARAMS["tracked_from"].default == "population" and not PARAMS["tracked_from"].keyed_default

@@ -101,11 +101,12 @@ METRICS = (
 
 
 def ppo_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    """The reference code's PPO settings in SB3's terms, with the cell's rollout and minibatch sizes."""
+    """The reference code's PPO settings in SB3's terms, with the cell's rollout and minibatch sizes and
+    its scaling options (a sampled critic, agents aggregated by representative, minibatches)."""
     import torch as th
     from stable_baselines3.common.utils import LinearSchedule
 
-    return {
+    kwargs: dict[str, Any] = {
         "n_steps": config["n_steps"],
         "batch_size": config["batch_size"],
         "n_epochs": config["n_epochs"],
@@ -119,6 +120,19 @@ def ppo_kwargs(config: dict[str, Any]) -> dict[str, Any]:
             "log_std_init": config["log_std_init"],
         },
     }
+    if config.get("critic_agents"):
+        kwargs["policy_kwargs"]["critic_agents"] = config["critic_agents"]
+    if config.get("tracked_agents"):
+        from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+
+        kwargs["rollout_buffer_class"] = RMDPAggregateRolloutBuffer
+        kwargs["rollout_buffer_kwargs"] = {
+            "tracked_agents": config["tracked_agents"],
+            "tracked_from": config.get("tracked_from", "population"),
+        }
+    if config.get("minibatches", "mixed") != "mixed":
+        kwargs.setdefault("rollout_buffer_kwargs", {})["minibatches"] = config["minibatches"]
+    return kwargs
 
 
 def make_assigner(config: dict[str, Any], b: float) -> Any:
@@ -179,18 +193,6 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         norm_reward=False,
     )
     kwargs = ppo_kwargs(config)
-    if config.get("critic_agents"):
-        kwargs["policy_kwargs"]["critic_agents"] = config["critic_agents"]
-    if config.get("tracked_agents"):
-        from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
-
-        kwargs["rollout_buffer_class"] = RMDPAggregateRolloutBuffer
-        kwargs["rollout_buffer_kwargs"] = {
-            "tracked_agents": config["tracked_agents"],
-            "tracked_from": config.get("tracked_from", "population"),
-        }
-    if config.get("minibatches", "mixed") != "mixed":
-        kwargs.setdefault("rollout_buffer_kwargs", {})["minibatches"] = config["minibatches"]
     model = RMDPPPO(
         "MlpPolicy",
         train_env,
