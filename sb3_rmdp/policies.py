@@ -663,10 +663,10 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         if self._pinned_critic is not None:
             raise RuntimeError("pinned_critic blocks do not nest: the critic rows are pinned already.")
         rows, inverse = self._distinct_critic_rows(agents)
-        # a per-representative head's k blocks as k pairs of leaves, a conditioned head's rows as one
-        n_blocks = (
-            self.k if inverse is None and not (self.critic_layout == "conditioned" or self.k == 1) else 1
-        )
+        # rows in k blocks (a per-representative head's, or (k, m) agents' without repeats) as k pairs of
+        # leaves, other rows as one
+        blocked = agents.dim() == 2 or not (self.critic_layout == "conditioned" or self.k == 1)
+        n_blocks = self.k if inverse is None and blocked else 1
         with th.no_grad():
             weights = self.value_net.weight.index_select(0, rows).chunk(n_blocks)
             biases = self.value_net.bias.index_select(0, rows).chunk(n_blocks)

@@ -296,12 +296,15 @@ def test_pinned_critic_steps_as_the_lazy_adam(critic: str, per_representative: b
     assert th.equal(pinned.value_net.weight[others], lazy.value_net.weight[others])
 
 
-def test_pinned_critic_steps_only_the_minibatchs_representative() -> None:
-    # A per-representative head pinned as k blocks: a minibatch of representative 1 steps its rows and
-    # moments only (as the reference code's separate PPOs), the lazy Adam without pinning likewise.
-    agents = th.tensor([[0, 3, 17], [4, 17, 38], [1, 2, 39]])
+@pytest.mark.parametrize("critic", ["per_representative", "conditioned"])
+def test_pinned_critic_steps_only_the_minibatchs_representative(critic: str) -> None:
+    # Rows in k blocks (a per-representative head's; a conditioned head's of (k, m) agents without
+    # repeats) pinned as k pairs of leaves: a minibatch of representative 1 steps its rows and moments
+    # only (as the reference code's separate PPOs), the lazy Adam without pinning likewise.
+    agents = th.tensor([[0, 3, 17], [4, 18, 38], [1, 2, 39]])
+    own = agents[1] + (40 if critic == "per_representative" else 0)
     for pin in (True, False):
-        policy = _policy_with_sampled_critic("per_representative", 3)
+        policy = _policy_with_sampled_critic(critic, 3)
         before = policy.value_net.weight.detach().clone()
         with policy.pinned_critic(agents) if pin else contextlib.nullcontext():
             policy.optimizer.zero_grad()
@@ -311,9 +314,9 @@ def test_pinned_critic_steps_only_the_minibatchs_representative() -> None:
             policy.step_sampled_critic()
         assert grads == ([False, False, True, True, False, False] if pin else [True, True])
         moved = (policy.value_net.weight != before).any(dim=1).nonzero().flatten()
-        assert th.equal(moved, agents[1] + 40)
+        assert th.equal(moved, own)
         stepped = policy.critic_rows_exp_avg.abs().sum(dim=1).nonzero().flatten()
-        assert th.equal(stepped, agents[1] + 40) and int(policy.critic_rows_steps) == 1
+        assert th.equal(stepped, own) and int(policy.critic_rows_steps) == 1
 
 
 def test_pinned_critic_refuses_what_it_cannot_pin() -> None:
