@@ -420,7 +420,7 @@ def test_embed_writes_between_the_markers(tmp_path: Path) -> None:
 
 
 def test_velocity_cells_pass_their_scaling_options_to_the_model() -> None:
-    from sb3_rmdp.aggregate import RMDPAggregateRolloutBuffer
+    from sb3_rmdp.aggregate import TRACKED_FROM, RMDPAggregateRolloutBuffer
     from sb3_rmdp.experiments.velocity import PARAMS, ppo_kwargs
 
     config = {name: param.default for name, param in PARAMS.items()}
@@ -439,3 +439,4 @@ def test_velocity_cells_pass_their_scaling_options_to_the_model() -> None:
     assert scaled["policy_kwargs"]["critic_agents"] == 32
     # a cell written before the option keeps its key and its meaning: one sample of the population
     assert PARAMS["tracked_from"].default == "population" and not PARAMS["tracked_from"].keyed_default
+    assert set(PARAMS["tracked_from"].choices or ()) == set(TRACKED_FROM)  # the buffer's, spelled again

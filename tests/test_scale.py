@@ -437,17 +437,15 @@ def test_aggregate_buffer_pins_its_tracked_agents_for_the_critic(monkeypatch: py
         assert set(moved[j].nonzero().flatten().tolist()) == set(np.concatenate([t[j] for t in tracked]))
 
 
-def test_tracked_agents_are_each_representatives_assigned_ones() -> None:
-    buffer = RMDPAggregateRolloutBuffer(
-        64,
-        spaces.Box(-1, 1, (3,)),
-        spaces.Box(-1, 1, (1,)),
-        "cpu",
-        n_envs=3,
-        n_agents=30,
-        k=3,
-        tracked_agents=8,
+def _three_representative_buffer(tracked_from: str) -> RMDPAggregateRolloutBuffer:
+    box = spaces.Box(-1, 1, (3,))
+    return RMDPAggregateRolloutBuffer(
+        64, box, box, "cpu", n_envs=3, n_agents=30, k=3, tracked_agents=8, tracked_from=tracked_from
     )
+
+
+def test_tracked_agents_are_each_representatives_assigned_ones() -> None:
+    buffer = _three_representative_buffer("assignment")
     alpha = np.zeros((30, 3))
     alpha[np.arange(30), np.r_[np.zeros(20, int), np.ones(5, int), np.full(5, 2)]] = 1.0
     alpha[25:, :] = 0.0  # agents 25-29 take their outside option: nobody's
@@ -457,23 +455,11 @@ def test_tracked_agents_are_each_representatives_assigned_ones() -> None:
     assert set(tracked[0]) <= set(range(20))  # 20 assigned: a sample of 8 of them
     assert set(range(20, 25)) <= set(tracked[1])  # 5 assigned: all of them, and 3 others
     assert len(set(tracked[2])) == 8  # none assigned: 8 of the others
-    again = RMDPAggregateRolloutBuffer(
-        64,
-        spaces.Box(-1, 1, (3,)),
-        spaces.Box(-1, 1, (1,)),
-        "cpu",
-        n_envs=3,
-        n_agents=30,
-        k=3,
-        tracked_agents=8,
-        tracked_from="population",
-    )
+    again = _three_representative_buffer("population")
     again.draw_tracked(np.random.default_rng(0), alpha)
     assert np.array_equal(again.tracked, np.sort(np.random.default_rng(0).choice(30, 8, replace=False)))
     with pytest.raises(ValueError, match="tracked_from='agents'"):
-        RMDPAggregateRolloutBuffer(
-            64, spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (1,)), n_agents=30, k=3, tracked_from="agents"
-        )
+        _three_representative_buffer("agents")
 
 
 def test_one_group_normalization_is_the_grouped_one() -> None:
