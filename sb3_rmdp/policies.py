@@ -568,7 +568,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return self._per_representative_linear(self.value_net, latent_vf, groups, self.n_agents)
         size = agents.shape[-1]
         # k blocks of m rows (representative j's block: its agents' rows), or one head over the agents
-        blocks = not (agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1))
+        blocks = self._critic_rows_in_blocks(agents)
         index = self.as_representatives(representatives, latent_vf.shape[0]) if blocks else None
         j = index if isinstance(index, int) else None  # one representative's block only
         weight: th.Tensor = self.value_net.weight
@@ -601,20 +601,28 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             return th.gather(every, 1, index.index.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
         return _grouped_linear(latent_vf, weight.view(self.k, size, -1), bias.view(self.k, size), index)
 
+    @property
+    def _one_critic_head(self) -> bool:
+        """Whether the critic head is one for all representatives (rows per agent, not per pair)."""
+        return self.critic_layout == "conditioned" or self.k == 1
+
+    def _critic_rows_in_blocks(self, agents: th.Tensor) -> bool:
+        """Whether :meth:`critic_rows` of ``agents`` lie in k blocks of ``m`` rows, representative j's
+        block its own (a per-representative head's, or any head's for ``(k, m)`` agents)."""
+        return agents.dim() == 2 or not self._one_critic_head
+
     def _representative_critic_rows(self, agents: th.Tensor, j: int) -> th.Tensor:
         """Representative ``j``'s block of :meth:`critic_rows` of ``agents`` (k blocks of m rows)."""
         own = agents if agents.dim() == 1 else agents[j]
-        return own if self.critic_layout == "conditioned" or self.k == 1 else own + j * self.n_agents
+        return own if self._one_critic_head else own + j * self.n_agents
 
     def critic_rows(self, agents: th.Tensor) -> th.Tensor:
         """The critic head's rows of ``agents``. For ``(m,)`` agents: ``(m,)`` for a conditioned head (or
         k = 1), else ``(k * m,)`` block by block (agent i of representative j's block is row
         ``j * n_agents + i``). For ``(k, m)`` agents (row j: representative j's): ``(k * m,)``, block j
         the rows of ``agents[j]`` (a conditioned head's rows may repeat across blocks)."""
-        if agents.dim() == 1 and (self.critic_layout == "conditioned" or self.k == 1):
-            return agents
-        if self.critic_layout == "conditioned" or self.k == 1:
-            return agents.flatten()
+        if self._one_critic_head:
+            return agents.flatten()  # (a no-op for (m,) agents)
         blocks = th.arange(self.k, device=agents.device).unsqueeze(1) * self.n_agents
         return (blocks + agents).flatten()
 
@@ -623,7 +631,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         (``None``: none repeats). Only a conditioned head's rows of ``(k, m)`` agents can repeat (an agent
         tracked for two representatives): one row then, one gradient sum, one Adam step."""
         rows = self.critic_rows(agents)
-        if agents.dim() == 1 or not (self.critic_layout == "conditioned" or self.k == 1):
+        if agents.dim() == 1 or not self._one_critic_head:
             return rows, None
         distinct, inverse = th.unique(rows, return_inverse=True)
         if len(distinct) == len(rows):
@@ -665,8 +673,7 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
         rows, inverse = self._distinct_critic_rows(agents)
         # rows in k blocks (a per-representative head's, or (k, m) agents' without repeats) as k pairs of
         # leaves, other rows as one
-        blocked = agents.dim() == 2 or not (self.critic_layout == "conditioned" or self.k == 1)
-        n_blocks = self.k if inverse is None and blocked else 1
+        n_blocks = self.k if inverse is None and self._critic_rows_in_blocks(agents) else 1
         with th.no_grad():
             weights = self.value_net.weight.index_select(0, rows).chunk(n_blocks)
             biases = self.value_net.bias.index_select(0, rows).chunk(n_blocks)
@@ -680,9 +687,9 @@ class MultiRepresentativePolicy(ActorCriticPolicy):
             device=self.value_net.weight.device if fused else th.device("cpu"), dtype=th.float32
         )
         leaves = []
+        columns_of: tuple[slice | int, ...] = (slice(None, -1), -1)  # a moment row's weights, its bias
         for b in range(n_blocks):
             pair = (weights[b].clone().requires_grad_(True), biases[b].clone().requires_grad_(True))
-            columns_of: tuple[slice | int, ...] = (slice(None, -1), -1)
             for parameter, columns in zip(pair, columns_of):
                 optimizer.state[parameter] = {
                     "step": step.clone(),
